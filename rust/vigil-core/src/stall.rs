@@ -1,0 +1,547 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+
+//! vCPU stall detector: register decode and per-vCPU countdown.
+//!
+//! Guest ABI (Linux `drivers/misc/vcpu_stall_detector.c`): one 0x10-byte
+//! bank per vCPU, bank `i` at `i * 0x10` belonging to CPU index `i`, with
+//! 32-bit registers STATUS (0x0), LOAD_CNT (0x4), CURRENT_CNT (0x8) and
+//! CLOCK_FREQ_HZ (0xc). The guest programs the tick rate, loads a tick
+//! count, enables the bank, and then reloads LOAD_CNT (the "pet") before
+//! the count runs out.
+//!
+//! Time is measured in nanoseconds of a *time source* chosen by the shell:
+//! the vCPU thread's CPU time (so that only time the vCPU really ran counts)
+//! or QEMU's virtual clock. A countdown remembers the source's reading when
+//! it started and its budget; it never needs a periodic tick. The shell arms
+//! one host timer per bank for [`Bank`]'s suggested delay, which is never
+//! earlier than the budget could possibly run out, because a vCPU cannot run
+//! for longer than the wall-clock time that passes.
+
+use std::fmt;
+
+/// Size of one vCPU's register bank.
+pub const BANK_SIZE: u64 = 0x10;
+/// Shortest host timer the device ever arms: no guest-written clock rate or
+/// count can make the device wake the host more often than this, per bank.
+pub const MIN_TIMER_NS: u64 = 1_000_000;
+/// While a vCPU runs slower than wall-clock time, re-arming for exactly the
+/// remaining budget would wake the host ever more often as the remainder
+/// shrinks. Re-arms are therefore at least `budget / REARM_DIVISOR` apart
+/// (a detection may come that much late, never early).
+pub const REARM_DIVISOR: u64 = 64;
+/// STATUS bit 0 enables the bank; other bits are reserved.
+pub const STATUS_ENABLE: u32 = 1;
+
+const NS_PER_SEC: u128 = 1_000_000_000;
+
+/// The four registers of a bank.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Register {
+    Status,
+    LoadCnt,
+    CurrentCnt,
+    ClockFreqHz,
+}
+
+impl Register {
+    /// The register's name in the guest ABI.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Register::Status => "STATUS",
+            Register::LoadCnt => "LOAD_CNT",
+            Register::CurrentCnt => "CURRENT_CNT",
+            Register::ClockFreqHz => "CLOCK_FREQ_HZ",
+        }
+    }
+}
+
+/// Why a guest access was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessError {
+    /// Only 32-bit accesses are defined.
+    Size(u32),
+    /// The offset is not 32-bit aligned.
+    Misaligned(u64),
+    /// The offset is past the last bank.
+    Beyond(u64),
+}
+
+impl fmt::Display for AccessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AccessError::Size(s) => write!(f, "{s}-byte access (registers are 32-bit)"),
+            AccessError::Misaligned(o) => write!(f, "misaligned offset {o:#x}"),
+            AccessError::Beyond(o) => write!(f, "offset {o:#x} is past the last bank"),
+        }
+    }
+}
+
+/// Decodes an access at `offset` of `size` bytes into (bank, register).
+pub fn decode(offset: u64, size: u32, banks: u32) -> Result<(u32, Register), AccessError> {
+    if size != 4 {
+        return Err(AccessError::Size(size));
+    }
+    if offset % 4 != 0 {
+        return Err(AccessError::Misaligned(offset));
+    }
+    let bank = offset / BANK_SIZE;
+    if bank >= u64::from(banks) {
+        return Err(AccessError::Beyond(offset));
+    }
+    let reg = match offset % BANK_SIZE {
+        0x0 => Register::Status,
+        0x4 => Register::LoadCnt,
+        0x8 => Register::CurrentCnt,
+        _ => Register::ClockFreqHz,
+    };
+    // bank < banks <= u32::MAX
+    Ok((bank as u32, reg))
+}
+
+/// A guest write that was accepted only in part, or not at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestError {
+    /// CURRENT_CNT is read-only; the write was ignored.
+    ReadOnly(Register),
+    /// The bank was told to count while CLOCK_FREQ_HZ is 0; it stays idle.
+    NoClock,
+    /// CLOCK_FREQ_HZ was set to 0 (stored; the bank cannot count with it).
+    ZeroClock,
+    /// STATUS was written with reserved bits set (bit 0 still applies).
+    ReservedStatusBits(u32),
+}
+
+impl fmt::Display for GuestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GuestError::ReadOnly(r) => write!(f, "write to read-only {}", r.name()),
+            GuestError::NoClock => write!(f, "enabled with CLOCK_FREQ_HZ 0, bank stays idle"),
+            GuestError::ZeroClock => write!(f, "CLOCK_FREQ_HZ set to 0"),
+            GuestError::ReservedStatusBits(b) => write!(f, "reserved STATUS bits {b:#x}"),
+        }
+    }
+}
+
+/// What the shell must do with the bank's host timer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timer {
+    /// Leave it as it is.
+    Keep,
+    /// (Re)arm it to fire after this many ns.
+    Arm(u64),
+    /// Cancel it.
+    Cancel,
+}
+
+/// The outcome of a guest write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteOutcome {
+    pub timer: Timer,
+    /// The write re-armed or stopped the bank: a raised interrupt is lowered.
+    pub lower_irq: bool,
+    /// Something worth a guest-error log line.
+    pub error: Option<GuestError>,
+}
+
+/// How a countdown's budget running out is handled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Take the action at the first expiry. By default the first expiry
+    /// warns (event and interrupt) and the action comes if the guest still
+    /// has not reloaded the bank after one more budget.
+    pub immediate_action: bool,
+}
+
+/// What the shell must do when the bank's timer fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deadline {
+    /// The bank is not counting (a stale timer): nothing to do.
+    Idle,
+    /// The budget is not used up yet: arm the timer again after this many ns.
+    Wait(u64),
+    /// The budget ran out: report the stall and raise the vCPU's interrupt.
+    /// With `act`, take the configured action too. With `rearm`, arm the
+    /// timer again (for the grace budget before the action).
+    Expired { act: bool, rearm: Option<u64> },
+}
+
+/// Where a bank is in its life.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Stage {
+    /// Not counting: disabled, never loaded, or disabled by a missing clock.
+    #[default]
+    Idle = 0,
+    /// Counting down the budget.
+    Counting = 1,
+    /// The budget ran out once; counting down the grace budget.
+    Warned = 2,
+    /// The action was taken; waits for the guest to reload or re-enable.
+    Fired = 3,
+}
+
+impl Stage {
+    #[must_use]
+    pub const fn from_u8(v: u8) -> Option<Stage> {
+        match v {
+            0 => Some(Stage::Idle),
+            1 => Some(Stage::Counting),
+            2 => Some(Stage::Warned),
+            3 => Some(Stage::Fired),
+            _ => None,
+        }
+    }
+
+    const fn counting(self) -> bool {
+        matches!(self, Stage::Counting | Stage::Warned)
+    }
+}
+
+/// Converts `ticks` at `hz` to nanoseconds (saturating; `hz` must not be 0).
+#[must_use]
+pub fn ticks_to_ns(ticks: u32, hz: u32) -> u64 {
+    debug_assert!(hz != 0);
+    let ns = u128::from(ticks) * NS_PER_SEC / u128::from(hz.max(1));
+    u64::try_from(ns).unwrap_or(u64::MAX)
+}
+
+/// Converts `ns` to whole ticks at `hz`, rounding up (saturating at u32).
+#[must_use]
+pub fn ns_to_ticks(ns: u64, hz: u32) -> u32 {
+    let ticks = (u128::from(ns) * u128::from(hz)).div_ceil(NS_PER_SEC);
+    u32::try_from(ticks).unwrap_or(u32::MAX)
+}
+
+/// One vCPU's bank: the guest-visible registers and the countdown.
+///
+/// Every field is a plain integer so that the shell can migrate it as is.
+/// `start_ns` is a reading of the bank's time source, meaningful only in the
+/// process that took it: see [`Bank::rebase`] and [`Bank::resume`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bank {
+    pub status: u32,
+    pub load_cnt: u32,
+    pub clock_hz: u32,
+    /// A [`Stage`] as u8.
+    pub stage: u8,
+    /// The budget of the running countdown, in ns of the time source.
+    pub budget_ns: u64,
+    /// The time source's reading when the countdown (re)started.
+    pub start_ns: u64,
+    /// How many times a budget ran out (operator statistics).
+    pub stalls: u32,
+}
+
+impl Bank {
+    #[must_use]
+    pub fn stage(&self) -> Stage {
+        Stage::from_u8(self.stage).unwrap_or_default()
+    }
+
+    #[must_use]
+    pub fn enabled(&self) -> bool {
+        self.status & STATUS_ENABLE != 0
+    }
+
+    /// The budget left at `now` (0 when not counting).
+    #[must_use]
+    pub fn remaining_ns(&self, now: u64) -> u64 {
+        if !self.stage().counting() {
+            return 0;
+        }
+        self.budget_ns.saturating_sub(now.saturating_sub(self.start_ns))
+    }
+
+    /// The host timer delay for `remaining` ns left of the current budget.
+    fn timer_delay(&self, remaining: u64) -> u64 {
+        remaining
+            .max(MIN_TIMER_NS)
+            .max(self.budget_ns / REARM_DIVISOR)
+    }
+
+    /// Starts a countdown of LOAD_CNT ticks, if the bank is enabled and has a clock.
+    fn start(&mut self, now: u64) -> (Timer, Option<GuestError>) {
+        if !self.enabled() {
+            self.stage = Stage::Idle as u8;
+            return (Timer::Cancel, None);
+        }
+        if self.clock_hz == 0 {
+            self.stage = Stage::Idle as u8;
+            return (Timer::Cancel, Some(GuestError::NoClock));
+        }
+        self.budget_ns = ticks_to_ns(self.load_cnt, self.clock_hz);
+        self.start_ns = now;
+        self.stage = Stage::Counting as u8;
+        (Timer::Arm(self.timer_delay(self.budget_ns)), None)
+    }
+
+    /// A guest write of `value` to `reg`, at time-source reading `now`.
+    pub fn write(&mut self, reg: Register, value: u32, now: u64) -> WriteOutcome {
+        let keep = WriteOutcome { timer: Timer::Keep, lower_irq: false, error: None };
+        match reg {
+            Register::Status => {
+                self.status = value;
+                let reserved = value & !STATUS_ENABLE;
+                let (timer, error) = self.start(now);
+                WriteOutcome {
+                    timer,
+                    lower_irq: true,
+                    error: error.or((reserved != 0).then_some(GuestError::ReservedStatusBits(reserved))),
+                }
+            }
+            Register::LoadCnt => {
+                self.load_cnt = value;
+                if !self.enabled() {
+                    return keep;
+                }
+                let (timer, error) = self.start(now);
+                WriteOutcome { timer, lower_irq: true, error }
+            }
+            Register::CurrentCnt => WriteOutcome { error: Some(GuestError::ReadOnly(reg)), ..keep },
+            Register::ClockFreqHz => {
+                // Applies from the next load: a running countdown keeps its budget.
+                self.clock_hz = value;
+                WriteOutcome { error: (value == 0).then_some(GuestError::ZeroClock), ..keep }
+            }
+        }
+    }
+
+    /// A guest read of `reg` at time-source reading `now`.
+    #[must_use]
+    pub fn read(&self, reg: Register, now: u64) -> u32 {
+        match reg {
+            Register::Status => self.status,
+            Register::LoadCnt => self.load_cnt,
+            Register::CurrentCnt => ns_to_ticks(self.remaining_ns(now), self.clock_hz),
+            Register::ClockFreqHz => self.clock_hz,
+        }
+    }
+
+    /// The bank's host timer fired; `now` is the time source's reading.
+    pub fn deadline(&mut self, now: u64, policy: Policy) -> Deadline {
+        let stage = self.stage();
+        if !stage.counting() {
+            return Deadline::Idle;
+        }
+        let remaining = self.remaining_ns(now);
+        if remaining > 0 {
+            return Deadline::Wait(self.timer_delay(remaining));
+        }
+        self.stalls = self.stalls.saturating_add(1);
+        if stage == Stage::Counting && !policy.immediate_action {
+            self.stage = Stage::Warned as u8;
+            self.start_ns = now;
+            return Deadline::Expired { act: false, rearm: Some(self.timer_delay(self.budget_ns)) };
+        }
+        self.stage = Stage::Fired as u8;
+        Deadline::Expired { act: true, rearm: None }
+    }
+
+    /// Folds the time used so far into the budget, so that the countdown
+    /// no longer depends on `start_ns` (before migration or a snapshot).
+    pub fn rebase(&mut self, now: u64) {
+        if self.stage().counting() {
+            self.budget_ns = self.remaining_ns(now);
+            self.start_ns = now;
+        }
+    }
+
+    /// Continues a countdown in a new time source (after migration or a
+    /// snapshot load): the remaining budget is kept, neither refilled nor
+    /// expired. Returns what to do with the host timer.
+    pub fn resume(&mut self, now: u64) -> Timer {
+        if Stage::from_u8(self.stage).is_none() {
+            self.stage = Stage::Idle as u8;
+        }
+        if !self.stage().counting() {
+            return Timer::Cancel;
+        }
+        self.start_ns = now;
+        Timer::Arm(self.timer_delay(self.budget_ns))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn armed(hz: u32, ticks: u32, now: u64) -> Bank {
+        let mut b = Bank::default();
+        b.write(Register::ClockFreqHz, hz, now);
+        b.write(Register::LoadCnt, ticks, now);
+        let o = b.write(Register::Status, 1, now);
+        assert_eq!(o.error, None);
+        b
+    }
+
+    #[test]
+    fn decode_banks_and_registers() {
+        assert_eq!(decode(0x0, 4, 2), Ok((0, Register::Status)));
+        assert_eq!(decode(0x4, 4, 2), Ok((0, Register::LoadCnt)));
+        assert_eq!(decode(0x8, 4, 2), Ok((0, Register::CurrentCnt)));
+        assert_eq!(decode(0xc, 4, 2), Ok((0, Register::ClockFreqHz)));
+        assert_eq!(decode(0x1c, 4, 2), Ok((1, Register::ClockFreqHz)));
+        assert_eq!(decode(0x20, 4, 2), Err(AccessError::Beyond(0x20)));
+        assert_eq!(decode(0x2, 4, 2), Err(AccessError::Misaligned(2)));
+        assert_eq!(decode(0x0, 1, 2), Err(AccessError::Size(1)));
+        assert_eq!(decode(0x0, 8, 2), Err(AccessError::Size(8)));
+        assert_eq!(decode(u64::MAX - 3, 4, u32::MAX), Err(AccessError::Beyond(u64::MAX - 3)));
+        assert_eq!(decode(0, 4, 0), Err(AccessError::Beyond(0)));
+    }
+
+    #[test]
+    fn conversions() {
+        assert_eq!(ticks_to_ns(80, 10), 8 * S);
+        assert_eq!(ticks_to_ns(u32::MAX, 1), u64::from(u32::MAX) * S);
+        assert_eq!(ticks_to_ns(1, u32::MAX), 0);
+        assert_eq!(ns_to_ticks(8 * S, 10), 80);
+        assert_eq!(ns_to_ticks(1, 10), 1, "a partial tick still counts");
+        assert_eq!(ns_to_ticks(u64::MAX, u32::MAX), u32::MAX);
+        assert_eq!(ns_to_ticks(0, 10), 0);
+    }
+
+    #[test]
+    fn driver_sequence_counts_down_and_reads_back() {
+        let b = armed(10, 80, 100);
+        assert_eq!(b.stage(), Stage::Counting);
+        assert_eq!(b.read(Register::Status, 100), 1);
+        assert_eq!(b.read(Register::LoadCnt, 100), 80);
+        assert_eq!(b.read(Register::ClockFreqHz, 100), 10);
+        assert_eq!(b.read(Register::CurrentCnt, 100), 80);
+        assert_eq!(b.read(Register::CurrentCnt, 100 + 3 * S), 50);
+        assert_eq!(b.read(Register::CurrentCnt, 100 + 9 * S), 0);
+    }
+
+    #[test]
+    fn pet_rearms_for_the_full_budget_and_lowers_the_irq() {
+        let mut b = armed(10, 80, 0);
+        let o = b.write(Register::LoadCnt, 80, 4 * S);
+        assert_eq!(o.timer, Timer::Arm(8 * S));
+        assert!(o.lower_irq);
+        assert_eq!(b.deadline(8 * S, Policy::default()), Deadline::Wait(4 * S));
+        assert_eq!(b.remaining_ns(11 * S), S);
+    }
+
+    #[test]
+    fn two_stage_policy_warns_then_acts() {
+        let mut b = armed(10, 80, 0);
+        let p = Policy::default();
+        assert_eq!(b.deadline(8 * S, p), Deadline::Expired { act: false, rearm: Some(8 * S) });
+        assert_eq!(b.stage(), Stage::Warned);
+        assert_eq!(b.deadline(12 * S, p), Deadline::Wait(4 * S));
+        assert_eq!(b.deadline(16 * S, p), Deadline::Expired { act: true, rearm: None });
+        assert_eq!(b.stage(), Stage::Fired);
+        assert_eq!(b.stalls, 2);
+        assert_eq!(b.deadline(30 * S, p), Deadline::Idle, "no further expiries after the action");
+        // A pet after the action starts over.
+        assert_eq!(b.write(Register::LoadCnt, 80, 31 * S).timer, Timer::Arm(8 * S));
+        assert_eq!(b.stage(), Stage::Counting);
+    }
+
+    #[test]
+    fn pet_during_grace_cancels_the_action() {
+        let mut b = armed(10, 80, 0);
+        let p = Policy::default();
+        assert!(matches!(b.deadline(8 * S, p), Deadline::Expired { act: false, .. }));
+        b.write(Register::LoadCnt, 80, 9 * S);
+        assert_eq!(b.stage(), Stage::Counting);
+        assert_eq!(b.deadline(16 * S, p), Deadline::Wait(S));
+    }
+
+    #[test]
+    fn immediate_policy_acts_at_first_expiry() {
+        let mut b = armed(10, 80, 0);
+        let p = Policy { immediate_action: true };
+        assert_eq!(b.deadline(8 * S, p), Deadline::Expired { act: true, rearm: None });
+        assert_eq!(b.stalls, 1);
+    }
+
+    #[test]
+    fn disable_stops_and_disabled_banks_never_fire() {
+        let mut b = armed(10, 80, 0);
+        let o = b.write(Register::Status, 0, S);
+        assert_eq!(o.timer, Timer::Cancel);
+        assert!(o.lower_irq);
+        assert_eq!(b.deadline(100 * S, Policy::default()), Deadline::Idle);
+        assert_eq!(b.read(Register::CurrentCnt, 100 * S), 0);
+        // Loading a disabled bank only stores the value.
+        let o = b.write(Register::LoadCnt, 5, 100 * S);
+        assert_eq!(o.timer, Timer::Keep);
+        assert_eq!(b.stage(), Stage::Idle);
+    }
+
+    #[test]
+    fn hostile_values_are_survivable() {
+        // Enable before any clock: logged, idle, no division by zero.
+        let mut b = Bank::default();
+        let o = b.write(Register::Status, 1, 0);
+        assert_eq!((o.timer, o.error), (Timer::Cancel, Some(GuestError::NoClock)));
+        assert_eq!(b.read(Register::CurrentCnt, 5), 0);
+        assert_eq!(b.write(Register::ClockFreqHz, 0, 0).error, Some(GuestError::ZeroClock));
+        assert_eq!(b.write(Register::LoadCnt, 7, 0).error, Some(GuestError::NoClock));
+        // LOAD_CNT 0: expires at the first timer, which is never sooner than MIN_TIMER_NS.
+        let mut b = armed(10, 0, 0);
+        assert_eq!(b.write(Register::LoadCnt, 0, 0).timer, Timer::Arm(MIN_TIMER_NS));
+        assert!(matches!(b.deadline(MIN_TIMER_NS, Policy::default()), Deadline::Expired { .. }));
+        // Huge clock rate: one tick is below a nanosecond, timers still >= 1 ms.
+        let mut b = armed(u32::MAX, 1, 0);
+        assert_eq!(b.write(Register::LoadCnt, 1, 0).timer, Timer::Arm(MIN_TIMER_NS));
+        // Huge count at 1 Hz: 136 years, no overflow.
+        let b = armed(1, u32::MAX, 0);
+        assert_eq!(b.read(Register::CurrentCnt, 0), u32::MAX);
+        // Reserved STATUS bits are reported, bit 0 still applies.
+        let mut b = armed(10, 80, 0);
+        let o = b.write(Register::Status, 0xffff_fffe, 0);
+        assert_eq!(o.error, Some(GuestError::ReservedStatusBits(0xffff_fffe)));
+        assert_eq!(b.stage(), Stage::Idle);
+        // CURRENT_CNT is read-only.
+        assert_eq!(b.write(Register::CurrentCnt, 3, 0).error, Some(GuestError::ReadOnly(Register::CurrentCnt)));
+        // A clock reading that goes backwards does not underflow.
+        let b = armed(10, 80, 50 * S);
+        assert_eq!(b.remaining_ns(0), 8 * S);
+    }
+
+    #[test]
+    fn slow_vcpu_rearms_are_bounded() {
+        // A vCPU that runs 1% of the time: every re-arm is >= budget/64.
+        let mut b = armed(10, 80, 0);
+        let p = Policy::default();
+        let (mut wall, mut cpu, mut wakeups) = (0u64, 0u64, 0u32);
+        let mut delay = 8 * S;
+        loop {
+            wall += delay;
+            cpu += delay / 100;
+            wakeups += 1;
+            match b.deadline(cpu, p) {
+                Deadline::Wait(d) => {
+                    assert!(d >= 8 * S / REARM_DIVISOR);
+                    delay = d;
+                }
+                Deadline::Expired { .. } => break,
+                Deadline::Idle => unreachable!(),
+            }
+        }
+        assert!(cpu >= 8 * S, "never early");
+        assert!(wall >= 800 * S);
+        assert!(wakeups < 2000, "{wakeups} wakeups");
+    }
+
+    #[test]
+    fn rebase_and_resume_keep_the_remaining_budget() {
+        let mut b = armed(10, 80, 1000 * S);
+        b.rebase(1003 * S);
+        assert_eq!(b.budget_ns, 5 * S);
+        // Destination: a new time source starting near 0.
+        let mut d = b;
+        assert_eq!(d.resume(7), Timer::Arm(5 * S));
+        assert_eq!(d.remaining_ns(7 + 2 * S), 3 * S);
+        assert_eq!(d.read(Register::CurrentCnt, 7 + 2 * S), 30);
+        // An idle bank stays idle; a corrupt stage is treated as idle.
+        let mut i = Bank { stage: 9, ..Bank::default() };
+        assert_eq!(i.resume(0), Timer::Cancel);
+        assert_eq!(i.stage(), Stage::Idle);
+    }
+}

@@ -1,0 +1,21 @@
+# Shared settings for vigil's build scripts. Sourced, not run.
+# Everything large lives outside the git tree, under $VIGIL_CACHE.
+
+VIGIL_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VIGIL_CACHE=${VIGIL_CACHE:-$HOME/.cache/vigil}
+QEMU_VERSION=10.2.2
+QEMU_DEB_VERSION=1:10.2.2+ds-1
+QEMU_ORIG=qemu_10.2.2+ds.orig.tar.xz
+QEMU_ORIG_SHA256=be05230fe47a6937cd29f28f562932c8125f9c93c2a82c625198f7a4aa601dfb
+QEMU_DEBIAN=qemu_10.2.2+ds-1.debian.tar.xz
+QEMU_DEBIAN_SHA256=ddf75aceab4f8f77374f3cb34fc97b41514895aeb293ce8b2ddd5e072bb0f5c0
+# The patched QEMU tree with our overlay, and the build directory.
+VIGIL_SRC=${VIGIL_SRC:-$VIGIL_CACHE/qemu-$QEMU_VERSION}
+VIGIL_BUILD=${VIGIL_BUILD:-$VIGIL_CACHE/build}
+VIGIL_VENV=$VIGIL_CACHE/venv
+VIGIL_TARGETS=aarch64-softmmu,x86_64-softmmu
+
+log() { printf '\033[1m[vigil]\033[0m %s\n' "$*" >&2; }
+die() { printf '[vigil] error: %s\n' "$*" >&2; exit 1; }
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f s", b - a }'; }
