@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Configure (once) and build qemu-system-aarch64 and qemu-system-x86_64 with
+# --enable-rust and vigil's devices, out of tree in $VIGIL_BUILD.
+set -euo pipefail
+. "$(dirname "$0")/common.sh"
+
+VIGIL_SRC=$(cat "$VIGIL_CACHE/src-path" 2>/dev/null || echo "$VIGIL_SRC")
+CONFIGURE_ARGS=(
+    --python="$VIGIL_VENV/bin/python3"
+    --enable-rust
+    --target-list="$VIGIL_TARGETS"
+    --without-default-features
+    --enable-fdt=system
+    --enable-kvm --enable-tcg
+    --disable-docs
+    --disable-install-blobs
+    --cc="ccache cc"
+)
+mkdir -p "$VIGIL_BUILD"
+stamp=$VIGIL_BUILD/.vigil-configure
+want="$VIGIL_SRC ${CONFIGURE_ARGS[*]}"
+if [ ! -f "$VIGIL_BUILD/build.ninja" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    t0=$(now)
+    log "configure (in $VIGIL_BUILD)"
+    (cd "$VIGIL_BUILD" && "$VIGIL_SRC/configure" "${CONFIGURE_ARGS[@]}") > "$VIGIL_BUILD/vigil-configure.log" 2>&1 ||
+        { tail -n 30 "$VIGIL_BUILD/vigil-configure.log"; die "configure failed (log: $VIGIL_BUILD/vigil-configure.log)"; }
+    echo "$want" > "$stamp"
+    log "configure took $(elapsed "$t0")"
+fi
+
+t0=$(now)
+log "ninja: qemu-system-aarch64 qemu-system-x86_64"
+ninja -C "$VIGIL_BUILD" qemu-system-aarch64 qemu-system-x86_64 "$@"
+log "build took $(elapsed "$t0")"
+
+# Run-time firmware from Debian's packages, where QEMU looks in a build tree.
+link_fw() { # DIR FILE...
+    local d=$1 f; shift
+    for f in "$@"; do
+        [ -e "$d/$f" ] || die "missing firmware $d/$f (run scripts/deps.sh)"
+        ln -sfn "$d/$f" "$VIGIL_BUILD/pc-bios/$f"
+    done
+}
+mkdir -p "$VIGIL_BUILD/pc-bios"
+link_fw /usr/share/seabios bios-256k.bin vgabios-stdvga.bin vgabios-virtio.bin vgabios-ramfb.bin vgabios-bochs-display.bin
+link_fw /usr/lib/ipxe/qemu efi-virtio.rom efi-e1000.rom efi-e1000e.rom
+link_fw /usr/share/qemu linuxboot_dma.bin kvmvapic.bin multiboot_dma.bin pvh.bin
+log "binaries: $VIGIL_BUILD/qemu-system-aarch64, $VIGIL_BUILD/qemu-system-x86_64"

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Make the QEMU tree vigil builds: unpack (once), apply patches/ (only what
+# changed), place the Rust crate subprojects, and copy our files in.
+#
+# The tree is $VIGIL_SRC (default $VIGIL_CACHE/qemu-10.2.2), unpacked from
+# Debian's verified tarball. With QEMU_SRC=/path/to/qemu (a QEMU 10.2 tree)
+# that tree is used in place; with QEMU_SRC=/path/to/qemu-*.tar.* it is
+# unpacked instead of Debian's.
+#
+# Copies are made only where a file's content changed, so that re-running
+# this leaves the build a no-op and a Rust change rebuilds in seconds.
+set -euo pipefail
+. "$(dirname "$0")/common.sh"
+
+state_dir() { echo "$VIGIL_SRC/.vigil"; }
+
+unpack() { # unpack TARBALL into $VIGIL_SRC
+    local tmp
+    tmp=$(mktemp -d "$VIGIL_CACHE/unpack.XXXXXX")
+    log "unpacking $(basename "$1")"
+    tar -C "$tmp" -xf "$1"
+    rm -rf "$VIGIL_SRC"
+    mv "$tmp"/* "$VIGIL_SRC"
+    rmdir "$tmp"
+}
+
+if [ -n "${QEMU_SRC:-}" ] && [ -d "$QEMU_SRC" ]; then
+    VIGIL_SRC=$(cd "$QEMU_SRC" && pwd)
+    [ -f "$VIGIL_SRC/VERSION" ] || die "QEMU_SRC=$QEMU_SRC does not look like a QEMU tree"
+    log "using your QEMU tree in place: $VIGIL_SRC ($(cat "$VIGIL_SRC/VERSION"))"
+elif [ ! -f "$(state_dir)/unpacked" ]; then
+    if [ -n "${QEMU_SRC:-}" ]; then
+        [ -f "$QEMU_SRC" ] || die "QEMU_SRC=$QEMU_SRC is neither a directory nor a file"
+        unpack "$QEMU_SRC"
+    else
+        unpack "$VIGIL_CACHE/downloads/$QEMU_ORIG"
+        # Debian's +ds tarball has no edk2 blobs: Debian's own one-line patch
+        # stops pc-bios/meson.build from unpacking them.
+        tar -C "$VIGIL_CACHE" -xJf "$VIGIL_CACHE/downloads/$QEMU_DEBIAN" \
+            debian/patches/skip-unpack-edk2-blobs.patch
+        (cd "$VIGIL_SRC" && patch -s -p1 < "$VIGIL_CACHE/debian/patches/skip-unpack-edk2-blobs.patch")
+    fi
+    mkdir -p "$(state_dir)"
+    touch "$(state_dir)/unpacked"
+fi
+echo "$VIGIL_SRC" > "$VIGIL_CACHE/src-path"
+st=$(state_dir)
+mkdir -p "$st/applied"
+
+# Our patch series: revert what was applied before if the series changed.
+if ! diff -rq "$VIGIL_ROOT/patches" "$st/applied" >/dev/null 2>&1; then
+    for p in $(ls -r "$st/applied"/*.patch 2>/dev/null); do
+        log "reverting $(basename "$p")"
+        (cd "$VIGIL_SRC" && patch -s -R -p1 < "$p")
+    done
+    rm -f "$st/applied"/*.patch
+    for p in "$VIGIL_ROOT"/patches/*.patch; do
+        log "applying $(basename "$p")"
+        (cd "$VIGIL_SRC" && patch -s -p1 --no-backup-if-mismatch < "$p")
+        cp "$p" "$st/applied/"
+    done
+fi
+
+# Rust crate subprojects (Debian strips subprojects/packagefiles and packagecache).
+"$VIGIL_ROOT/scripts/fetch-crates.sh" "$VIGIL_SRC"
+
+# Overlay: our files at their QEMU paths; our root build files under vigil/.
+install_if_changed() { # SRC DEST
+    if ! cmp -s "$1" "$2"; then
+        mkdir -p "$(dirname "$2")"
+        cp "$1" "$2"
+    fi
+}
+manifest=$st/overlay-manifest
+new_manifest=$(mktemp)
+cd "$VIGIL_ROOT"
+while IFS= read -r f; do
+    install_if_changed "$f" "$VIGIL_SRC/$f"
+    echo "$f" >> "$new_manifest"
+done < <(git ls-files --cached --others --exclude-standard -- rust include tests/qtest docs 2>/dev/null ||
+         find rust include tests/qtest docs -type f)
+for f in meson.build Kconfig trace-events; do
+    install_if_changed "$f" "$VIGIL_SRC/vigil/$f"
+    echo "vigil/$f" >> "$new_manifest"
+done
+# Files we no longer have leave the tree too.
+if [ -f "$manifest" ]; then
+    sort "$manifest" | comm -23 - <(sort "$new_manifest") | while IFS= read -r f; do
+        rm -f "$VIGIL_SRC/$f"
+    done
+fi
+mv "$new_manifest" "$manifest"
+log "QEMU tree ready: $VIGIL_SRC"

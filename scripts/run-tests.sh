@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Run every vigil test and print one summary line: "N passed, M failed".
+#
+#   1. cargo test: the pure-Rust core (unit and property tests)
+#   2. QEMU-level checks of our devices from the command line (cli-tests.sh)
+#   3. meson test: our qtests, QEMU's own pvpanic/pvpanic-pci/device-introspect
+#      (both targets) and boot-serial (aarch64) qtests, QEMU's Rust suite
+#
+# A test that cannot run counts as failed: nothing is skipped silently.
+# Expects a finished build (scripts/build.sh); builds the test programs itself.
+set -uo pipefail
+. "$(dirname "$0")/common.sh"
+
+passed=0 failed=0
+failures=()
+result() { # NAME OK?
+    if [ "$2" = 0 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); failures+=("$1"); fi
+}
+logdir=$VIGIL_BUILD/vigil-test-logs
+mkdir -p "$logdir"
+
+# 1. cargo test
+t0=$(now)
+log "cargo test (pure-Rust core)"
+(cd "$VIGIL_ROOT" && cargo test --workspace 2>&1) | tee "$logdir/cargo.log" | grep -E '^test |test result' | grep -v '^test result: ok. 0 passed' || true
+while read -r p f; do
+    passed=$((passed + p)); failed=$((failed + f))
+done < <(sed -n -E 's/^test result: [a-zA-Z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/p' "$logdir/cargo.log")
+grep -q '^test result:' "$logdir/cargo.log" || result "cargo test (did not run)" 1
+grep -q '^test result: FAILED' "$logdir/cargo.log" && failures+=("cargo test")
+log "cargo test took $(elapsed "$t0")"
+
+# 2. command-line checks against the built QEMU
+t0=$(now)
+log "command-line checks"
+while IFS=$'\t' read -r status name; do
+    case $status in
+        PASS) echo "ok   $name"; result "$name" 0 ;;
+        *)    echo "FAIL $name"; result "$name" 1 ;;
+    esac
+done < <("$VIGIL_ROOT/scripts/cli-tests.sh" 2> "$logdir/cli.log")
+log "command-line checks took $(elapsed "$t0")"
+
+# 3. meson tests
+MESON=$VIGIL_VENV/bin/meson
+tests=()
+for t in qtest-aarch64/vcpu-stall-detector-test \
+         qtest-x86_64/pvpanic-test qtest-x86_64/pvpanic-pci-test qtest-aarch64/pvpanic-pci-test \
+         qtest-x86_64/device-introspect-test qtest-aarch64/device-introspect-test \
+         qtest-aarch64/boot-serial-test; do
+    tests+=("$t")
+done
+t0=$(now)
+log "building test programs"
+ninja -C "$VIGIL_BUILD" tests/qtest/vcpu-stall-detector-test tests/qtest/pvpanic-test \
+    tests/qtest/pvpanic-pci-test tests/qtest/device-introspect-test tests/qtest/boot-serial-test \
+    > "$logdir/ninja-tests.log" 2>&1 || { tail -n 30 "$logdir/ninja-tests.log"; result "build test programs" 1; }
+available=$("$MESON" test -C "$VIGIL_BUILD" --list 2>/dev/null)
+run=()
+for t in "${tests[@]}"; do
+    if grep -qx "$t" <<<"$available"; then run+=("$t"); else echo "FAIL $t (not in this build)"; result "$t (missing)" 1; fi
+done
+rust_tests=$(grep -E '^rust-' <<<"$available" | tr '\n' ' ')
+[ -n "$rust_tests" ] || { echo "FAIL QEMU rust suite (not in this build)"; result "rust suite (missing)" 1; }
+log "meson test: ${#run[@]} qtests + QEMU's Rust suite"
+"$MESON" test -C "$VIGIL_BUILD" --print-errorlogs "${run[@]}" --suite rust \
+    > "$logdir/meson.log" 2>&1
+grep -E '^ *[0-9]+/[0-9]+ ' "$logdir/meson.log" | sed 's/^ *//'
+while read -r st name; do
+    case $st in
+        OK|EXPECTEDFAIL) result "$name" 0 ;;
+        *) result "$name ($st)" 1 ;;
+    esac
+done < <(sed -n -E 's/^ *[0-9]+\/[0-9]+ +(.* )?([^ ]+) +(OK|FAIL|SKIP|TIMEOUT|ERROR|EXPECTEDFAIL|UNEXPECTEDPASS) +.*/\3 \2/p' "$logdir/meson.log")
+grep -q 'Ok:' "$logdir/meson.log" || { tail -n 40 "$logdir/meson.log"; result "meson test (did not run)" 1; }
+log "meson tests took $(elapsed "$t0") (log: $logdir/meson.log)"
+
+if [ ${#failures[@]} -gt 0 ]; then
+    log "failed:"; printf '  %s\n' "${failures[@]}" >&2
+fi
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]

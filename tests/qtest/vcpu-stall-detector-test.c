@@ -1,0 +1,351 @@
+/*
+ * QTest for the vcpu-stall-detector device on the arm virt machine
+ *
+ * The device counts QEMU_CLOCK_VIRTUAL (clock=virtual) here, so clock_step
+ * drives its countdowns deterministically.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include "libqtest.h"
+#include "qobject/qdict.h"
+
+/* First device on virt's platform bus */
+#define BASE            0x0c000000ULL
+#define BANK(cpu)       (BASE + (cpu) * 0x10)
+#define STATUS          0x0
+#define LOAD_CNT        0x4
+#define CURRENT_CNT     0x8
+#define CLOCK_FREQ_HZ   0xc
+
+#define NS_PER_MS       1000000LL
+#define NS_PER_SEC      1000000000LL
+#define QOM_PATH        "/machine/peripheral/sd"
+
+static QTestState *start(const char *extra)
+{
+    return qtest_initf("-machine virt -smp 2 "
+                       "-device vcpu-stall-detector,id=sd,clock=virtual%s",
+                       extra ? extra : "");
+}
+
+static void wr(QTestState *qts, int cpu, int reg, uint32_t val)
+{
+    qtest_writel(qts, BANK(cpu) + reg, val);
+}
+
+static uint32_t rd(QTestState *qts, int cpu, int reg)
+{
+    return qtest_readl(qts, BANK(cpu) + reg);
+}
+
+/* The Linux driver's start sequence: clock, count, enable */
+static void arm_bank(QTestState *qts, int cpu, uint32_t hz, uint32_t ticks)
+{
+    wr(qts, cpu, CLOCK_FREQ_HZ, hz);
+    wr(qts, cpu, LOAD_CNT, ticks);
+    wr(qts, cpu, STATUS, 1);
+}
+
+/* Events that arrived so far (a QMP round trip flushes them), or NULL */
+static QDict *event_so_far(QTestState *qts, const char *name)
+{
+    qtest_qmp_assert_success(qts, "{'execute': 'query-status'}");
+    return qtest_qmp_event_ref(qts, name);
+}
+
+static void assert_no_stall_yet(QTestState *qts)
+{
+    QDict *ev = event_so_far(qts, "VCPU_STALL");
+
+    g_assert_null(ev);
+}
+
+static void check_stall(QDict *ev, int cpu, uint64_t budget_ms,
+                        const char *stage)
+{
+    QDict *data;
+
+    g_assert_nonnull(ev);
+    data = qdict_get_qdict(ev, "data");
+    g_assert_cmpstr(qdict_get_str(data, "qom-path"), ==, QOM_PATH);
+    g_assert_cmpint(qdict_get_int(data, "cpu-index"), ==, cpu);
+    g_assert_cmpuint(qdict_get_uint(data, "budget-ms"), ==, budget_ms);
+    g_assert_cmpstr(qdict_get_str(data, "stage"), ==, stage);
+    qobject_unref(ev);
+}
+
+static void test_registers(void)
+{
+    QTestState *qts = start(NULL);
+
+    /* Reset values */
+    for (int cpu = 0; cpu < 2; cpu++) {
+        for (int reg = 0; reg < 0x10; reg += 4) {
+            g_assert_cmphex(rd(qts, cpu, reg), ==, 0);
+        }
+    }
+
+    /* Every register reads back; banks are independent */
+    wr(qts, 0, CLOCK_FREQ_HZ, 10);
+    wr(qts, 0, LOAD_CNT, 80);
+    wr(qts, 1, CLOCK_FREQ_HZ, 25);
+    wr(qts, 1, LOAD_CNT, 0x12345678);
+    g_assert_cmpuint(rd(qts, 0, CLOCK_FREQ_HZ), ==, 10);
+    g_assert_cmpuint(rd(qts, 0, LOAD_CNT), ==, 80);
+    g_assert_cmpuint(rd(qts, 1, CLOCK_FREQ_HZ), ==, 25);
+    g_assert_cmphex(rd(qts, 1, LOAD_CNT), ==, 0x12345678);
+    g_assert_cmpuint(rd(qts, 0, STATUS), ==, 0);
+    /* Disabled: nothing counts */
+    g_assert_cmpuint(rd(qts, 0, CURRENT_CNT), ==, 0);
+
+    wr(qts, 0, STATUS, 1);
+    g_assert_cmpuint(rd(qts, 0, STATUS), ==, 1);
+    g_assert_cmpuint(rd(qts, 0, CURRENT_CNT), ==, 80);
+
+    /* CURRENT_CNT follows the clock, in ticks rounded up */
+    qtest_clock_step(qts, 3 * NS_PER_SEC);
+    g_assert_cmpuint(rd(qts, 0, CURRENT_CNT), ==, 50);
+    qtest_clock_step(qts, 50 * NS_PER_MS);
+    g_assert_cmpuint(rd(qts, 0, CURRENT_CNT), ==, 50);
+    qtest_clock_step(qts, 50 * NS_PER_MS);
+    g_assert_cmpuint(rd(qts, 0, CURRENT_CNT), ==, 49);
+    g_assert_cmpuint(rd(qts, 1, CURRENT_CNT), ==, 0);
+
+    /* A reload refills */
+    wr(qts, 0, LOAD_CNT, 80);
+    g_assert_cmpuint(rd(qts, 0, CURRENT_CNT), ==, 80);
+
+    /* CURRENT_CNT is read-only */
+    wr(qts, 0, CURRENT_CNT, 5);
+    g_assert_cmpuint(rd(qts, 0, CURRENT_CNT), ==, 80);
+
+    /* Disable stops the bank */
+    wr(qts, 0, STATUS, 0);
+    g_assert_cmpuint(rd(qts, 0, CURRENT_CNT), ==, 0);
+    g_assert_cmpuint(rd(qts, 0, LOAD_CNT), ==, 80);
+
+    qtest_quit(qts);
+}
+
+static void test_warning_then_action(void)
+{
+    QTestState *qts = start(" -action watchdog=none");
+    QDict *ev;
+
+    arm_bank(qts, 1, 10, 10);               /* 1 s on CPU 1 */
+    qtest_clock_step(qts, NS_PER_SEC - 1);
+    assert_no_stall_yet(qts);
+
+    qtest_clock_step(qts, 1);
+    check_stall(qtest_qmp_eventwait_ref(qts, "VCPU_STALL"), 1, 1000, "warning");
+    g_assert_null(event_so_far(qts, "WATCHDOG"));
+
+    /* One more budget without a reload: the action */
+    qtest_clock_step(qts, NS_PER_SEC);
+    check_stall(qtest_qmp_eventwait_ref(qts, "VCPU_STALL"), 1, 1000, "action");
+    ev = qtest_qmp_eventwait_ref(qts, "WATCHDOG");
+    g_assert_cmpstr(qdict_get_str(qdict_get_qdict(ev, "data"), "action"), ==,
+                    "none");
+    qobject_unref(ev);
+
+    /* After the action the bank waits for the guest: no more events */
+    qtest_clock_step(qts, 10 * NS_PER_SEC);
+    assert_no_stall_yet(qts);
+
+    /* A reload starts a new countdown */
+    wr(qts, 1, LOAD_CNT, 10);
+    qtest_clock_step(qts, NS_PER_SEC);
+    check_stall(qtest_qmp_eventwait_ref(qts, "VCPU_STALL"), 1, 1000, "warning");
+
+    qtest_quit(qts);
+}
+
+static void test_immediate_action_pause(void)
+{
+    QTestState *qts = start(",immediate-action=on -action watchdog=pause");
+    QDict *ev;
+
+    arm_bank(qts, 0, 1, 2);                 /* 2 s at 1 Hz */
+    qtest_clock_step(qts, 2 * NS_PER_SEC);
+    check_stall(qtest_qmp_eventwait_ref(qts, "VCPU_STALL"), 0, 2000, "action");
+    ev = qtest_qmp_eventwait_ref(qts, "WATCHDOG");
+    g_assert_cmpstr(qdict_get_str(qdict_get_qdict(ev, "data"), "action"), ==,
+                    "pause");
+    qobject_unref(ev);
+    qobject_unref(qtest_qmp_eventwait_ref(qts, "STOP"));
+
+    qtest_quit(qts);
+}
+
+static void test_reset_action(void)
+{
+    QTestState *qts = start(",immediate-action=on");
+
+    /* The default watchdog action resets the machine, which clears banks */
+    arm_bank(qts, 0, 10, 5);
+    qtest_clock_step(qts, 500 * NS_PER_MS);
+    check_stall(qtest_qmp_eventwait_ref(qts, "VCPU_STALL"), 0, 500, "action");
+    qobject_unref(qtest_qmp_eventwait_ref(qts, "RESET"));
+    g_assert_cmpuint(rd(qts, 0, STATUS), ==, 0);
+    g_assert_cmpuint(rd(qts, 0, LOAD_CNT), ==, 0);
+
+    qtest_quit(qts);
+}
+
+static void test_pet_keeps_quiet(void)
+{
+    QTestState *qts = start(" -action watchdog=none");
+
+    arm_bank(qts, 0, 10, 80);
+    arm_bank(qts, 1, 10, 80);
+    for (int i = 0; i < 20; i++) {
+        /* The driver reloads every timeout / 2 */
+        qtest_clock_step(qts, 4 * NS_PER_SEC);
+        wr(qts, 0, LOAD_CNT, 80);
+        wr(qts, 1, LOAD_CNT, 80);
+    }
+    assert_no_stall_yet(qts);
+
+    /* CPU 0 stops petting: only CPU 0 is reported */
+    for (int i = 0; i < 2; i++) {
+        qtest_clock_step(qts, 4 * NS_PER_SEC);
+        wr(qts, 1, LOAD_CNT, 80);
+    }
+    check_stall(qtest_qmp_eventwait_ref(qts, "VCPU_STALL"), 0, 8000, "warning");
+    assert_no_stall_yet(qts);
+
+    qtest_quit(qts);
+}
+
+static void test_ppi(void)
+{
+    QTestState *qts = start(" -action watchdog=none");
+
+    qtest_irq_intercept_out(qts, QOM_PATH);
+    arm_bank(qts, 1, 10, 10);
+    qtest_clock_step(qts, NS_PER_SEC);
+    qobject_unref(qtest_qmp_eventwait_ref(qts, "VCPU_STALL"));
+    g_assert_true(qtest_get_irq(qts, 1));
+    g_assert_false(qtest_get_irq(qts, 0));
+
+    /* A reload lowers it */
+    wr(qts, 1, LOAD_CNT, 10);
+    g_assert_false(qtest_get_irq(qts, 1));
+
+    /* So does disabling, after another expiry */
+    qtest_clock_step(qts, NS_PER_SEC);
+    qobject_unref(qtest_qmp_eventwait_ref(qts, "VCPU_STALL"));
+    g_assert_true(qtest_get_irq(qts, 1));
+    wr(qts, 1, STATUS, 0);
+    g_assert_false(qtest_get_irq(qts, 1));
+
+    qtest_quit(qts);
+}
+
+static void test_system_reset(void)
+{
+    QTestState *qts = start(NULL);
+
+    arm_bank(qts, 0, 10, 10);
+    arm_bank(qts, 1, 20, 30);
+    qtest_qmp_assert_success(qts, "{'execute': 'system_reset'}");
+    qobject_unref(qtest_qmp_eventwait_ref(qts, "RESET"));
+    for (int cpu = 0; cpu < 2; cpu++) {
+        for (int reg = 0; reg < 0x10; reg += 4) {
+            g_assert_cmphex(rd(qts, cpu, reg), ==, 0);
+        }
+    }
+    /* The countdowns died with the reset */
+    qtest_clock_step(qts, 10 * NS_PER_SEC);
+    assert_no_stall_yet(qts);
+
+    qtest_quit(qts);
+}
+
+static void test_disabled_never_fires(void)
+{
+    QTestState *qts = start(NULL);
+
+    wr(qts, 0, CLOCK_FREQ_HZ, 10);
+    wr(qts, 0, LOAD_CNT, 1);
+    wr(qts, 1, CLOCK_FREQ_HZ, 10);
+    wr(qts, 1, LOAD_CNT, 1);
+    wr(qts, 1, STATUS, 1);
+    wr(qts, 1, STATUS, 0);
+    qtest_clock_step(qts, 100 * NS_PER_SEC);
+    assert_no_stall_yet(qts);
+
+    qtest_quit(qts);
+}
+
+static void test_hostile_input(void)
+{
+    QTestState *qts = start(" -action watchdog=none");
+
+    /* Sizes other than 32 bits, and misaligned offsets, are ignored */
+    qtest_writeb(qts, BANK(0) + CLOCK_FREQ_HZ, 7);
+    qtest_writew(qts, BANK(0) + CLOCK_FREQ_HZ, 7);
+    qtest_writeq(qts, BANK(0) + CLOCK_FREQ_HZ, 7);
+    qtest_writel(qts, BANK(0) + CLOCK_FREQ_HZ + 1, 7);
+    qtest_writel(qts, BANK(0) + 2, 1);
+    g_assert_cmpuint(rd(qts, 0, CLOCK_FREQ_HZ), ==, 0);
+    g_assert_cmpuint(qtest_readb(qts, BANK(0) + CLOCK_FREQ_HZ), ==, 0);
+    g_assert_cmpuint(qtest_readq(qts, BANK(0)), ==, 0);
+    g_assert_cmpuint(qtest_readl(qts, BANK(0) + 3), ==, 0);
+
+    /* Enabling before any clock rate: stays idle, no division by zero */
+    wr(qts, 0, STATUS, 1);
+    wr(qts, 0, LOAD_CNT, 10);
+    g_assert_cmpuint(rd(qts, 0, CURRENT_CNT), ==, 0);
+    wr(qts, 0, CLOCK_FREQ_HZ, 0);
+    wr(qts, 0, STATUS, 1);
+    qtest_clock_step(qts, 10 * NS_PER_SEC);
+    assert_no_stall_yet(qts);
+
+    /* Huge count: no overflow, counts down */
+    wr(qts, 0, CLOCK_FREQ_HZ, 1);
+    wr(qts, 0, LOAD_CNT, 0xffffffff);
+    wr(qts, 0, STATUS, 1);
+    qtest_clock_step(qts, 10 * NS_PER_SEC);
+    g_assert_cmphex(rd(qts, 0, CURRENT_CNT), ==, 0xffffffff - 10);
+
+    /* Huge clock rate and a zero count: expires once, no timer storm */
+    wr(qts, 1, CLOCK_FREQ_HZ, 0xffffffff);
+    wr(qts, 1, LOAD_CNT, 0);
+    wr(qts, 1, STATUS, 0xffffffff);        /* reserved bits: logged */
+    qtest_clock_step(qts, 2 * NS_PER_MS);
+    check_stall(qtest_qmp_eventwait_ref(qts, "VCPU_STALL"), 1, 0, "warning");
+
+    /* Past the last bank, in the rest of the device's page: ignored */
+    qtest_writel(qts, BANK(2), 1);
+    g_assert_cmpuint(qtest_readl(qts, BANK(2)), ==, 0);
+    qtest_writel(qts, BASE + 0xffc, 1);
+    g_assert_cmpuint(qtest_readl(qts, BASE + 0xffc), ==, 0);
+
+    /* Still alive and sane */
+    g_assert_cmpuint(rd(qts, 0, STATUS), ==, 1);
+    qtest_quit(qts);
+}
+
+int main(int argc, char **argv)
+{
+    g_test_init(&argc, &argv, NULL);
+
+    qtest_add_func("/vcpu-stall-detector/registers", test_registers);
+    qtest_add_func("/vcpu-stall-detector/warning-then-action",
+                   test_warning_then_action);
+    qtest_add_func("/vcpu-stall-detector/immediate-action-pause",
+                   test_immediate_action_pause);
+    qtest_add_func("/vcpu-stall-detector/reset-action", test_reset_action);
+    qtest_add_func("/vcpu-stall-detector/pet-keeps-quiet",
+                   test_pet_keeps_quiet);
+    qtest_add_func("/vcpu-stall-detector/ppi", test_ppi);
+    qtest_add_func("/vcpu-stall-detector/system-reset", test_system_reset);
+    qtest_add_func("/vcpu-stall-detector/disabled-never-fires",
+                   test_disabled_never_fires);
+    qtest_add_func("/vcpu-stall-detector/hostile-input", test_hostile_input);
+
+    return g_test_run();
+}
