@@ -47,19 +47,27 @@ echo "$VIGIL_SRC" > "$VIGIL_CACHE/src-path"
 st=$(state_dir)
 mkdir -p "$st/applied"
 
-# Our patch series: revert what was applied before if the series changed.
-if ! diff -rq "$VIGIL_ROOT/patches" "$st/applied" >/dev/null 2>&1; then
-    for p in $(ls -r "$st/applied"/*.patch 2>/dev/null); do
-        log "reverting $(basename "$p")"
-        (cd "$VIGIL_SRC" && patch -s -R -p1 < "$p")
-    done
-    rm -f "$st/applied"/*.patch
-    for p in "$VIGIL_ROOT"/patches/*.patch; do
-        log "applying $(basename "$p")"
-        (cd "$VIGIL_SRC" && patch -s -p1 --no-backup-if-mismatch < "$p")
-        cp "$p" "$st/applied/"
-    done
-fi
+# Our patch series. Patches are applied in order; when the series changes,
+# only the applied patches from the first one that differs are reverted (in
+# reverse order) and the rest applied again, so that an unchanged early patch
+# (e.g. the meson hook) does not touch its files and trigger a rebuild.
+new=("$VIGIL_ROOT"/patches/*.patch)
+old=()
+for p in "$st"/applied/*.patch; do [ -f "$p" ] && old+=("$p"); done
+keep=0
+while [ $keep -lt ${#old[@]} ] && [ $keep -lt ${#new[@]} ] && cmp -s "${old[$keep]}" "${new[$keep]}"; do
+    keep=$((keep + 1))
+done
+for ((i = ${#old[@]} - 1; i >= keep; i--)); do
+    log "reverting $(basename "${old[$i]}")"
+    (cd "$VIGIL_SRC" && patch -s -R -p1 < "${old[$i]}")
+    rm -f "${old[$i]}"
+done
+for ((i = keep; i < ${#new[@]}; i++)); do
+    log "applying $(basename "${new[$i]}")"
+    (cd "$VIGIL_SRC" && patch -s -p1 --no-backup-if-mismatch < "${new[$i]}")
+    cp "${new[$i]}" "$st/applied/"
+done
 
 # Rust crate subprojects (Debian strips subprojects/packagefiles and packagecache).
 "$VIGIL_ROOT/scripts/fetch-crates.sh" "$VIGIL_SRC"

@@ -280,6 +280,85 @@ static void test_disabled_never_fires(void)
     qtest_quit(qts);
 }
 
+static void test_migration_keeps_budget(void)
+{
+    g_autofree char *dir = g_dir_make_tmp("stall-mig-XXXXXX", NULL);
+    g_autofree char *uri = g_strdup_printf("unix:%s/mig.sock", dir);
+    g_autofree char *sock = g_strdup_printf("%s/mig.sock", dir);
+    g_autofree char *incoming = g_strdup_printf(" -action watchdog=none"
+                                                " -incoming %s", uri);
+    QTestState *src = start(" -action watchdog=none");
+    QTestState *dst = start(incoming);
+    QDict *rsp;
+    const char *status;
+
+    arm_bank(src, 1, 10, 10);               /* 1 s */
+    wr(src, 0, CLOCK_FREQ_HZ, 7);           /* an idle bank keeps its values */
+    qtest_clock_step(src, 400 * NS_PER_MS);
+    g_assert_cmpuint(rd(src, 1, CURRENT_CNT), ==, 6);
+
+    qtest_qmp_assert_success(src, "{'execute': 'migrate',"
+                             " 'arguments': { 'uri': %s } }", uri);
+    do {
+        g_usleep(20 * 1000);
+        rsp = qtest_qmp(src, "{'execute': 'query-migrate'}");
+        status = qdict_get_try_str(qdict_get_qdict(rsp, "return"), "status");
+        g_assert_cmpstr(status, !=, "failed");
+        if (g_str_equal(status, "completed")) {
+            qobject_unref(rsp);
+            break;
+        }
+        qobject_unref(rsp);
+    } while (true);
+    qtest_qmp_eventwait(dst, "RESUME");
+
+    /* Neither refilled nor expired: 600 ms of the budget are left */
+    g_assert_cmpuint(rd(dst, 1, STATUS), ==, 1);
+    g_assert_cmpuint(rd(dst, 1, LOAD_CNT), ==, 10);
+    g_assert_cmpuint(rd(dst, 1, CURRENT_CNT), ==, 6);
+    g_assert_cmpuint(rd(dst, 0, CLOCK_FREQ_HZ), ==, 7);
+    g_assert_cmpuint(rd(dst, 0, CURRENT_CNT), ==, 0);
+    qtest_clock_step(dst, 600 * NS_PER_MS - 1);
+    assert_no_stall_yet(dst);
+    qtest_clock_step(dst, 1);
+    check_stall(qtest_qmp_eventwait_ref(dst, "VCPU_STALL"), 1, 1000, "warning");
+
+    qtest_quit(src);
+    qtest_quit(dst);
+    unlink(sock);
+    rmdir(dir);
+}
+
+static void test_qom_state(void)
+{
+    QTestState *qts = start(" -action watchdog=none");
+    QDict *rsp;
+
+    arm_bank(qts, 1, 10, 10);
+    qtest_clock_step(qts, 300 * NS_PER_MS);
+    rsp = qtest_qmp(qts, "{'execute': 'qom-get', 'arguments':"
+                    " { 'path': %s, 'property': 'cpu1-enabled' } }", QOM_PATH);
+    g_assert_true(qdict_get_bool(rsp, "return"));
+    qobject_unref(rsp);
+    rsp = qtest_qmp(qts, "{'execute': 'qom-get', 'arguments':"
+                    " { 'path': %s, 'property': 'cpu0-enabled' } }", QOM_PATH);
+    g_assert_false(qdict_get_bool(rsp, "return"));
+    qobject_unref(rsp);
+    rsp = qtest_qmp(qts, "{'execute': 'qom-get', 'arguments':"
+                    " { 'path': %s, 'property': 'cpu1-remaining-ticks' } }",
+                    QOM_PATH);
+    g_assert_cmpint(qdict_get_int(rsp, "return"), ==, 7);
+    qobject_unref(rsp);
+
+    qtest_clock_step(qts, 2 * NS_PER_SEC);  /* warning and action */
+    rsp = qtest_qmp(qts, "{'execute': 'qom-get', 'arguments':"
+                    " { 'path': %s, 'property': 'cpu1-stalls' } }", QOM_PATH);
+    g_assert_cmpint(qdict_get_int(rsp, "return"), ==, 2);
+    qobject_unref(rsp);
+
+    qtest_quit(qts);
+}
+
 static void test_hostile_input(void)
 {
     QTestState *qts = start(" -action watchdog=none");
@@ -346,6 +425,9 @@ int main(int argc, char **argv)
     qtest_add_func("/vcpu-stall-detector/disabled-never-fires",
                    test_disabled_never_fires);
     qtest_add_func("/vcpu-stall-detector/hostile-input", test_hostile_input);
+    qtest_add_func("/vcpu-stall-detector/migration-keeps-budget",
+                   test_migration_keeps_budget);
+    qtest_add_func("/vcpu-stall-detector/qom-state", test_qom_state);
 
     return g_test_run();
 }

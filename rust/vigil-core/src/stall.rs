@@ -217,7 +217,8 @@ pub fn ns_to_ticks(ns: u64, hz: u32) -> u32 {
 ///
 /// Every field is a plain integer so that the shell can migrate it as is.
 /// `start_ns` is a reading of the bank's time source, meaningful only in the
-/// process that took it: see [`Bank::rebase`] and [`Bank::resume`].
+/// process that took it: see [`Bank::rebase`] and [`Bank::resume`], which
+/// move the time used so far into `used_ns`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Bank {
     pub status: u32,
@@ -227,8 +228,10 @@ pub struct Bank {
     pub stage: u8,
     /// The budget of the running countdown, in ns of the time source.
     pub budget_ns: u64,
-    /// The time source's reading when the countdown (re)started.
+    /// The time source's reading when the countdown (re)started or resumed.
     pub start_ns: u64,
+    /// Budget used before `start_ns` (carried across migration).
+    pub used_ns: u64,
     /// How many times a budget ran out (operator statistics).
     pub stalls: u32,
 }
@@ -250,7 +253,8 @@ impl Bank {
         if !self.stage().counting() {
             return 0;
         }
-        self.budget_ns.saturating_sub(now.saturating_sub(self.start_ns))
+        let used = self.used_ns.saturating_add(now.saturating_sub(self.start_ns));
+        self.budget_ns.saturating_sub(used)
     }
 
     /// The host timer delay for `remaining` ns left of the current budget.
@@ -272,6 +276,7 @@ impl Bank {
         }
         self.budget_ns = ticks_to_ns(self.load_cnt, self.clock_hz);
         self.start_ns = now;
+        self.used_ns = 0;
         self.stage = Stage::Counting as u8;
         (Timer::Arm(self.timer_delay(self.budget_ns)), None)
     }
@@ -332,17 +337,18 @@ impl Bank {
         if stage == Stage::Counting && !policy.immediate_action {
             self.stage = Stage::Warned as u8;
             self.start_ns = now;
+            self.used_ns = 0;
             return Deadline::Expired { act: false, rearm: Some(self.timer_delay(self.budget_ns)) };
         }
         self.stage = Stage::Fired as u8;
         Deadline::Expired { act: true, rearm: None }
     }
 
-    /// Folds the time used so far into the budget, so that the countdown
-    /// no longer depends on `start_ns` (before migration or a snapshot).
+    /// Moves the time used so far into `used_ns`, so that the countdown no
+    /// longer depends on `start_ns` (before migration or a snapshot).
     pub fn rebase(&mut self, now: u64) {
         if self.stage().counting() {
-            self.budget_ns = self.remaining_ns(now);
+            self.used_ns = self.budget_ns - self.remaining_ns(now);
             self.start_ns = now;
         }
     }
@@ -358,7 +364,7 @@ impl Bank {
             return Timer::Cancel;
         }
         self.start_ns = now;
-        Timer::Arm(self.timer_delay(self.budget_ns))
+        Timer::Arm(self.timer_delay(self.remaining_ns(now)))
     }
 }
 
@@ -533,7 +539,7 @@ mod tests {
     fn rebase_and_resume_keep_the_remaining_budget() {
         let mut b = armed(10, 80, 1000 * S);
         b.rebase(1003 * S);
-        assert_eq!(b.budget_ns, 5 * S);
+        assert_eq!((b.budget_ns, b.used_ns), (8 * S, 3 * S));
         // Destination: a new time source starting near 0.
         let mut d = b;
         assert_eq!(d.resume(7), Timer::Arm(5 * S));

@@ -24,7 +24,7 @@ use std::{
 use bql::{BqlCell, BqlRefCell};
 use common::uninit_field_mut;
 use hwcore::{
-    DeviceImpl, DeviceMethods, InterruptSource, ResetType, ResettablePhasesImpl, SysBusDevice,
+    DeviceImpl, DeviceMethods, DeviceState, InterruptSource, ResetType, ResettablePhasesImpl, SysBusDevice,
     SysBusDeviceImpl, SysBusDeviceMethods,
 };
 use migration::{
@@ -75,6 +75,17 @@ impl Source {
             Some(_) => None,
         }
     }
+}
+
+/// Per-vCPU statistics shown as read-only QOM properties.
+#[derive(Clone, Copy, Debug)]
+pub enum BankStat {
+    /// `cpuN-enabled`: STATUS bit 0.
+    Enabled,
+    /// `cpuN-remaining-ticks`: what CURRENT_CNT reads now.
+    RemainingTicks,
+    /// `cpuN-stalls`: how many times the budget ran out.
+    Stalls,
 }
 
 /// One vCPU's bank with its host timer.
@@ -131,6 +142,18 @@ impl BankState {
         match source {
             Source::Virtual => CLOCK_VIRTUAL.get_ns(),
             Source::VcpuRuntime => self.cpu_clock.and_then(ffi::cpu_clock_ns).unwrap_or(0),
+        }
+    }
+
+    pub fn stat(&self, stat: BankStat) -> u32 {
+        match stat {
+            BankStat::Enabled => u32::from(self.bank.enabled()),
+            BankStat::Stalls => self.bank.stalls,
+            BankStat::RemainingTicks => {
+                // SAFETY: the device outlives its banks.
+                let source = unsafe { self.dev.as_ref() }.source();
+                self.bank.read(Register::CurrentCnt, self.now(source))
+            }
         }
     }
 
@@ -204,6 +227,22 @@ impl VcpuStallDetector {
         let dc = &mut klass.parent_class;
         dc.user_creatable = true;
         dc.desc = c"vCPU stall detector (Linux qemu,vcpu-stall-detector)".as_ptr();
+        ffi::describe_properties(
+            klass,
+            &[
+                (c"clock-frequency", c"tick rate in Hz the guest is told to program (1-99)"),
+                (c"timeout-sec", c"timeout in seconds the guest is told to use (1-599)"),
+                (
+                    c"clock",
+                    c"what a countdown consumes: vcpu-runtime (the vCPU thread's CPU time, default) or virtual (QEMU_CLOCK_VIRTUAL)",
+                ),
+                (c"ppi", c"PPI number (0-15) of the per-CPU interrupt, -1 for none"),
+                (
+                    c"immediate-action",
+                    c"take the watchdog action at the first expiry, not after a grace budget",
+                ),
+            ],
+        );
     }
 
     /// # Safety
@@ -302,10 +341,14 @@ impl VcpuStallDetector {
         let size = (u64::from(cpus) * BANK_SIZE).next_multiple_of(REGION_ALIGN);
         ffi::set_region_size(&self.iomem, size);
         self.init_gpio_out(&self.ppis[..cpus as usize]);
-        if source == Source::VcpuRuntime {
-            for (i, cell) in self.banks.iter().take(cpus as usize).enumerate() {
+        let obj = self.as_object_ptr();
+        for (i, cell) in self.banks.iter().take(cpus as usize).enumerate() {
+            if source == Source::VcpuRuntime {
                 ffi::learn_vcpu_clock(i as u32, cell);
             }
+            ffi::add_bank_stat_property(obj, &format!("cpu{i}-enabled"), BankStat::Enabled, cell);
+            ffi::add_bank_stat_property(obj, &format!("cpu{i}-remaining-ticks"), BankStat::RemainingTicks, cell);
+            ffi::add_bank_stat_property(obj, &format!("cpu{i}-stalls"), BankStat::Stalls, cell);
         }
         Ok(())
     }
@@ -432,6 +475,7 @@ const VMSTATE_BANK: VMStateDescription<BankState> = VMStateDescriptionBuilder::<
         vmstate_of!(BankState, bank.clock_hz),
         vmstate_of!(BankState, bank.stage),
         vmstate_of!(BankState, bank.budget_ns),
+        vmstate_of!(BankState, bank.used_ns),
         vmstate_of!(BankState, bank.stalls),
     })
     .build();

@@ -4,13 +4,14 @@
 //! do not wrap. All `unsafe` of the device lives here.
 
 use std::{
-    ffi::{c_char, c_int, c_ulong, c_void, CStr},
+    ffi::{c_char, c_int, c_ulong, c_void, CStr, CString},
     ptr::{addr_of, NonNull},
 };
 
 use bql::BqlRefCell;
+use qom::bindings::{object_class_property_set_description, object_property_add, Object, ObjectClass, Visitor};
 
-use crate::device::BankState;
+use crate::device::{BankStat, BankState};
 
 /// `CPUState`, only ever handled by pointer.
 #[repr(C)]
@@ -49,8 +50,10 @@ extern "C" {
         budget_ms: u64,
         stage: VcpuStallStage,
     );
-    fn object_get_canonical_path(obj: *const qom::bindings::Object) -> *mut c_char;
+    fn object_get_canonical_path(obj: *const Object) -> *mut c_char;
     fn g_free(ptr: *mut c_void);
+    fn visit_type_uint32(v: *mut Visitor, name: *const c_char, obj: *mut u32, errp: *mut c_void) -> bool;
+    fn visit_type_bool(v: *mut Visitor, name: *const c_char, obj: *mut bool, errp: *mut c_void) -> bool;
 }
 
 /// Number of vCPUs the machine has created (indices 0..n).
@@ -107,7 +110,7 @@ pub fn cpu_clock_ns(id: libc::clockid_t) -> Option<u64> {
 }
 
 /// Sends the `VCPU_STALL` QMP event.
-pub fn send_stall_event(obj: *const qom::bindings::Object, cpu: u32, budget_ms: u64, act: bool) {
+pub fn send_stall_event(obj: *const Object, cpu: u32, budget_ms: u64, act: bool) {
     let stage = if act { VcpuStallStage::Action } else { VcpuStallStage::Warning };
     // SAFETY: obj is the live device; the returned string is owned by us and
     // freed with g_free after the event is sent (which copies it).
@@ -156,4 +159,61 @@ pub fn set_region_size(mr: &system::MemoryRegion, size: u64) {
     // SAFETY: mr is a valid, initialized region owned by the device, which
     // is not mapped yet (called from realize).
     unsafe { system::bindings::memory_region_set_size(mr.as_mut_ptr(), size) }
+}
+
+/// Sets the `-device ...,help` text of the class's properties.
+pub fn describe_properties<K>(klass: &mut K, descriptions: &[(&CStr, &CStr)]) {
+    let oc = std::ptr::from_mut(klass).cast::<ObjectClass>();
+    for (name, text) in descriptions {
+        // SAFETY: every QOM class struct starts with its ObjectClass; the
+        // properties were registered by class_init just before.
+        unsafe { object_class_property_set_description(oc, name.as_ptr(), text.as_ptr()) };
+    }
+}
+
+struct StatProp {
+    cell: NonNull<BqlRefCell<BankState>>,
+    stat: BankStat,
+}
+
+/// Adds a read-only QOM property `name` showing one statistic of a bank.
+pub fn add_bank_stat_property(obj: *const Object, name: &str, stat: BankStat, cell: &BqlRefCell<BankState>) {
+    let opaque = Box::into_raw(Box::new(StatProp { cell: NonNull::from(cell), stat }));
+    let name = CString::new(name).unwrap();
+    let ty = if matches!(stat, BankStat::Enabled) { c"bool" } else { c"uint32" };
+    // SAFETY: obj is the live device; QOM copies the name; release_stat
+    // frees opaque when the property goes away.
+    unsafe {
+        object_property_add(obj.cast_mut(), name.as_ptr(), ty.as_ptr(), Some(get_stat), None,
+                            Some(release_stat), opaque.cast());
+    }
+}
+
+unsafe extern "C" fn get_stat(
+    _obj: *mut Object,
+    v: *mut Visitor,
+    name: *const c_char,
+    opaque: *mut c_void,
+    errp: *mut *mut qom::bindings::Error,
+) {
+    // SAFETY: opaque is the StatProp of add_bank_stat_property; the bank
+    // lives as long as the device that owns the property; BQL held.
+    let p = unsafe { &*opaque.cast::<StatProp>() };
+    let cell = unsafe { p.cell.as_ref() };
+    let value = cell.borrow().stat(p.stat);
+    // SAFETY: v, name and errp come from QOM's property getter call.
+    unsafe {
+        if matches!(p.stat, BankStat::Enabled) {
+            let mut b = value != 0;
+            visit_type_bool(v, name, &mut b, errp.cast());
+        } else {
+            let mut n = value;
+            visit_type_uint32(v, name, &mut n, errp.cast());
+        }
+    }
+}
+
+unsafe extern "C" fn release_stat(_obj: *mut Object, _name: *const c_char, opaque: *mut c_void) {
+    // SAFETY: opaque came from Box::into_raw in add_bank_stat_property.
+    drop(unsafe { Box::from_raw(opaque.cast::<StatProp>()) });
 }
