@@ -31,12 +31,19 @@ rustc_v=$(rustc --version | awk '{print $2}')
 [ "$(printf '%s\n1.83.0\n' "$rustc_v" | sort -V | head -n1)" = 1.83.0 ] ||
     die "rustc $rustc_v is too old for QEMU 10.2 (needs >= 1.83)"
 
-# meson >= 1.9 (QEMU's --enable-rust needs it; Debian's is older): a venv of our own.
-if ! "$VIGIL_VENV/bin/python3" -c 'import mesonbuild.coredata as c, sys; v = tuple(map(int, c.version.split(".")[:2])); sys.exit(v < (1, 9))' 2>/dev/null; then
+# meson >= 1.9 (QEMU's --enable-rust needs it; Debian's is older) and pycotap
+# (QEMU's configure wants it; Debian's +ds tarball drops python/wheels): a venv.
+if ! "$VIGIL_VENV/bin/python3" - 2>/dev/null <<'PY'
+import sys
+import mesonbuild.coredata as c
+import pycotap  # noqa: F401
+sys.exit(tuple(map(int, c.version.split(".")[:2])) < (1, 9))
+PY
+then
     t0=$(now)
-    log "pip: meson>=1.9 into $VIGIL_VENV"
+    log "pip: meson>=1.9 and pycotap into $VIGIL_VENV"
     python3 -m venv "$VIGIL_VENV"
-    "$VIGIL_VENV/bin/pip" install -q 'meson>=1.9,<2'
+    "$VIGIL_VENV/bin/pip" install -q 'meson>=1.9,<2' 'pycotap>=1.1'
     log "venv ready in $(elapsed "$t0")"
 fi
 log "dependencies ok (rustc $rustc_v, meson $("$VIGIL_VENV/bin/meson" --version))"
