@@ -114,3 +114,66 @@ check "stall-detector: four banks read as zero after reset (HMP xp)" banks_via_m
 
 check "stall-detector: not offered on x86_64 (arm virt only)" \
     qemu_fails_with "'vcpu-stall-detector' is not a valid device model name" "$X86" -M q35 -device vcpu-stall-detector
+
+# --- pvpanic ---------------------------------------------------------------
+
+c_pvpanic_not_built() {
+    # QEMU 10.2 compiles every system_ss source once into libsystem.a and
+    # links into each emulator only the objects its Kconfig selects: the C
+    # devices' objects must not be in the binaries, the Rust ones must.
+    local mak=$VIGIL_BUILD/x86_64-softmmu-config-devices.mak syms
+    grep -q '^CONFIG_PVPANIC_ISA_RUST=y' "$mak" && ! grep -q '^CONFIG_PVPANIC_ISA_C=y' "$mak" &&
+        grep -q '^CONFIG_PVPANIC_MMIO_RUST=y' "$VIGIL_BUILD/aarch64-softmmu-config-devices.mak" &&
+        ! grep -q '^CONFIG_PVPANIC_MMIO_C=y' "$VIGIL_BUILD/aarch64-softmmu-config-devices.mak" || return 1
+    syms=$(nm -C "$X86" "$A64")
+    ! grep -qE ' (pvpanic_isa_realizefn|pvpanic_isa_initfn|build_pvpanic_isa_aml|pvpanic_mmio_initfn)$' <<<"$syms" &&
+        grep -q ' pvpanic_isa::PvPanicIsa::realize$' <<<"$syms" &&
+        grep -q ' pvpanic_mmio::PvPanicMmio::realize$' <<<"$syms" &&
+        grep -q ' pvpanic_isa_rust_build_aml$' <<<"$syms"
+}
+check "pvpanic: the emulators link the Rust devices, not C pvpanic-isa.c/pvpanic-mmio.c" c_pvpanic_not_built
+
+check "pvpanic: listed by qom-list-types on x86_64 (libvirt probes the type name)" \
+    bash -c "echo '{\"execute\":\"qmp_capabilities\"}{\"execute\":\"qom-list-types\"}{\"execute\":\"quit\"}' |
+             timeout 30 '$X86' -M q35 -display none -qmp stdio | grep -q '\"name\": \"pvpanic\"'"
+
+pvpanic_help() {
+    local out
+    out=$("$X86" -device pvpanic,help 2>&1)
+    echo "$out"
+    grep -q '^  ioport=<uint16> .*(default: 1285)' <<<"$out" &&
+        grep -q '^  events=<uint8> .*(default: 7)' <<<"$out"
+}
+check "pvpanic: -device pvpanic,help shows ioport and events with C's defaults" pvpanic_help
+
+check "pvpanic: rejects events=8 naming the property" \
+    qemu_fails_with "'events' has unknown bits" "$X86" -M q35 -device pvpanic,events=8
+
+pvpanic_mmio_node() {
+    local n
+    n=$(dts -device pvpanic-mmio | sed -n '/pvpanic@/,/};/p')
+    echo "$n"
+    grep -q 'compatible = "qemu,pvpanic-mmio";' <<<"$n" && grep -q 'reg = <0x00 0x02>;' <<<"$n"
+}
+check "pvpanic-mmio: device tree node on virt (qemu,pvpanic-mmio, 2-byte reg)" pvpanic_mmio_node
+
+two_platform_devices() {
+    local d
+    d=$(dts -smp 2 -device vcpu-stall-detector -device pvpanic-mmio)
+    grep -q 'vcpu-stall-detector@0 {' <<<"$d" && grep -q 'pvpanic@1000 {' <<<"$d"
+}
+check "pvpanic-mmio: shares virt's platform bus with the stall detector" two_platform_devices
+
+bios_tables_pvpanic() {
+    # QEMU's expected tables are made under TCG; where /dev/kvm works the
+    # test prefers KVM, whose SMM support changes FACP (SMI_CMD), not the
+    # DSDT under test. Hide /dev/kvm from this run, as on a host without it.
+    local run=(env QTEST_QEMU_BINARY=./qemu-system-x86_64 timeout 300
+               ./tests/qtest/bios-tables-test -p /x86_64/acpi/q35/pvpanic-isa)
+    if [ -e /dev/kvm ] && [ "$(id -u)" = 0 ]; then
+        run=(unshare -m sh -c 'mount --bind /dev/null /dev/kvm && exec "$@"' sh "${run[@]}")
+    fi
+    (cd "$VIGIL_BUILD" && "${run[@]}") 2>&1 | tee "$tmp/bt.log" &&
+        grep -q '^ok 1 /x86_64/acpi/q35/pvpanic-isa' "$tmp/bt.log"
+}
+check "pvpanic: QEMU's bios-tables-test pvpanic-isa case (AML byte-identical to C's)" bios_tables_pvpanic

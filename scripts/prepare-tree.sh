@@ -54,8 +54,13 @@ mkdir -p "$st/applied"
 new=("$VIGIL_ROOT"/patches/*.patch)
 old=()
 for p in "$st"/applied/*.patch; do [ -f "$p" ] && old+=("$p"); done
+# Compare what a patch changes, not its mail headers (subject numbering).
+body() { sed -n '/^diff --git /,/^-- $/p' "$1"; }
 keep=0
-while [ $keep -lt ${#old[@]} ] && [ $keep -lt ${#new[@]} ] && cmp -s "${old[$keep]}" "${new[$keep]}"; do
+while [ $keep -lt ${#old[@]} ] && [ $keep -lt ${#new[@]} ] &&
+      cmp -s <(body "${old[$keep]}") <(body "${new[$keep]}"); do
+    cp "${new[$keep]}" "$st/applied/" && [ "$(basename "${old[$keep]}")" = "$(basename "${new[$keep]}")" ] ||
+        rm -f "${old[$keep]}"
     keep=$((keep + 1))
 done
 for ((i = ${#old[@]} - 1; i >= keep; i--)); do
@@ -85,8 +90,8 @@ cd "$VIGIL_ROOT"
 while IFS= read -r f; do
     install_if_changed "$f" "$VIGIL_SRC/$f"
     echo "$f" >> "$new_manifest"
-done < <(git ls-files --cached --others --exclude-standard -- rust include tests/qtest docs 2>/dev/null ||
-         find rust include tests/qtest docs -type f)
+done < <(git ls-files --cached --others --exclude-standard -- rust include hw tests/qtest docs 2>/dev/null ||
+         find rust include hw tests/qtest docs -type f)
 for f in meson.build Kconfig trace-events; do
     install_if_changed "$f" "$VIGIL_SRC/vigil/$f"
     echo "vigil/$f" >> "$new_manifest"

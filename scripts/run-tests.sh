@@ -30,31 +30,45 @@ grep -q '^test result:' "$logdir/cargo.log" || result "cargo test (did not run)"
 grep -q '^test result: FAILED' "$logdir/cargo.log" && failures+=("cargo test")
 log "cargo test took $(elapsed "$t0")"
 
-# 2. command-line checks against the built QEMU
+# Scripts that print "PASS<TAB>name" / "FAIL<TAB>name" per check.
+run_checks() { # TITLE LOGNAME COMMAND...
+    local title=$1 logname=$2 t0 status name n=0; shift 2
+    t0=$(now)
+    log "$title"
+    while IFS=$'\t' read -r status name; do
+        n=$((n + 1))
+        case $status in
+            PASS) echo "ok   $name"; result "$name" 0 ;;
+            *)    echo "FAIL $name"; result "$name" 1 ;;
+        esac
+    done < <("$@" 2> "$logdir/$logname.log")
+    if [ $n = 0 ]; then
+        echo "FAIL $title: no check ran"; tail -n 20 "$logdir/$logname.log"
+        result "$title (no check ran)" 1
+    fi
+    log "$title took $(elapsed "$t0") (details: $logdir/$logname.log)"
+}
+
+# Test programs (qtests, bios-tables-test) first
 t0=$(now)
-log "command-line checks"
-while IFS=$'\t' read -r status name; do
-    case $status in
-        PASS) echo "ok   $name"; result "$name" 0 ;;
-        *)    echo "FAIL $name"; result "$name" 1 ;;
-    esac
-done < <("$VIGIL_ROOT/scripts/cli-tests.sh" 2> "$logdir/cli.log")
-log "command-line checks took $(elapsed "$t0")"
+log "building test programs"
+ninja -C "$VIGIL_BUILD" tests/qtest/vcpu-stall-detector-test tests/qtest/pvpanic-test \
+    tests/qtest/pvpanic-pci-test tests/qtest/device-introspect-test tests/qtest/boot-serial-test \
+    tests/qtest/pvpanic-mmio-test tests/qtest/vigil-pvpanic-test tests/qtest/bios-tables-test \
+    > "$logdir/ninja-tests.log" 2>&1 || { tail -n 30 "$logdir/ninja-tests.log"; result "build test programs" 1; }
+
+# 2. command-line checks against the built QEMU
+run_checks "command-line checks" cli "$VIGIL_ROOT/scripts/cli-tests.sh"
 
 # 3. meson tests
 MESON=$VIGIL_VENV/bin/meson
 tests=()
-for t in qtest-aarch64/vcpu-stall-detector-test \
+for t in qtest-aarch64/vcpu-stall-detector-test qtest-aarch64/pvpanic-mmio-test qtest-x86_64/vigil-pvpanic-test \
          qtest-x86_64/pvpanic-test qtest-x86_64/pvpanic-pci-test \
          qtest-x86_64/device-introspect-test qtest-aarch64/device-introspect-test \
          qtest-aarch64/boot-serial-test; do
     tests+=("$t")
 done
-t0=$(now)
-log "building test programs"
-ninja -C "$VIGIL_BUILD" tests/qtest/vcpu-stall-detector-test tests/qtest/pvpanic-test \
-    tests/qtest/pvpanic-pci-test tests/qtest/device-introspect-test tests/qtest/boot-serial-test \
-    > "$logdir/ninja-tests.log" 2>&1 || { tail -n 30 "$logdir/ninja-tests.log"; result "build test programs" 1; }
 # "suite+suite - qemu:name" lines -> names
 available=$("$MESON" test -C "$VIGIL_BUILD" --list 2>/dev/null | sed -n 's/^.* - qemu://p')
 run=()
@@ -76,6 +90,11 @@ while read -r st name; do
 done < <(sed -n -E 's/^ *[0-9]+\/[0-9]+ +(.* )?([^ ]+) +(OK|FAIL|SKIP|TIMEOUT|ERROR|EXPECTEDFAIL|UNEXPECTEDPASS) +.*/\3 \2/p' "$logdir/meson.log")
 grep -q 'Ok:' "$logdir/meson.log" || { tail -n 40 "$logdir/meson.log"; result "meson test (did not run)" 1; }
 log "meson tests took $(elapsed "$t0") (log: $logdir/meson.log)"
+
+# 4. real guests under TCG
+QEMU_AARCH64=$VIGIL_BUILD/qemu-system-aarch64 STALL_GUEST_BUILD=$VIGIL_CACHE/stall-guest \
+    run_checks "real guest: bare-metal aarch64 on 2 vCPUs (stall detector)" stall-guest \
+    "$VIGIL_ROOT/tests/guest/stall-guest-test.sh"
 
 if [ ${#failures[@]} -gt 0 ]; then
     log "failed:"; printf '  %s\n' "${failures[@]}" >&2

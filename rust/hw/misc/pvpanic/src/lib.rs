@@ -1,0 +1,56 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+
+//! What every pvpanic front end (ISA `pvpanic`, `pvpanic-mmio`) shares: the
+//! register's read and write, on top of `vigil_core::pvpanic`, and the calls
+//! into QEMU's run-state code that raise `GUEST_PANICKED`,
+//! `GUEST_CRASHLOADED` and `GUEST_PVSHUTDOWN` exactly as the C device does.
+
+use bql::BqlCell;
+use util::{log::Log, log_mask_ln};
+use vigil_core::pvpanic::{decode_write, Event};
+
+::trace::include_trace!("vigil");
+
+mod ffi {
+    extern "C" {
+        // GuestPanicInformation is only ever passed as NULL here.
+        pub fn qemu_system_guest_panicked(info: *mut std::ffi::c_void);
+        pub fn qemu_system_guest_crashloaded(info: *mut std::ffi::c_void);
+        pub fn qemu_system_guest_pvshutdown();
+    }
+}
+
+/// The register state a front end keeps: the advertised events (its
+/// `events` property) and whether unknown bits were already logged.
+#[derive(Debug, Default)]
+pub struct PvPanicRegister {
+    /// Set once unknown bits were logged: like the C device, log only once.
+    logged_unknown: BqlCell<bool>,
+}
+
+impl PvPanicRegister {
+    /// A guest read: the events the device advertises.
+    #[must_use]
+    pub fn read(events: u8) -> u64 {
+        u64::from(events)
+    }
+
+    /// A guest write of `value` (one byte: the memory core splits wider ones).
+    pub fn write(&self, device: &str, value: u64) {
+        let w = decode_write(value);
+        trace::trace_pvpanic_write(value);
+        if w.unknown != 0 && !self.logged_unknown.replace(true) {
+            log_mask_ln!(Log::GuestError, "{device}: unknown event {value:#x}");
+        }
+        // SAFETY: called from an MMIO/PIO handler with the BQL held, as the
+        // C device calls them; NULL is the "no information" panic argument.
+        unsafe {
+            match w.event {
+                Some(Event::Panicked) => ffi::qemu_system_guest_panicked(std::ptr::null_mut()),
+                Some(Event::CrashLoaded) => ffi::qemu_system_guest_crashloaded(std::ptr::null_mut()),
+                Some(Event::Shutdown) => ffi::qemu_system_guest_pvshutdown(),
+                None => {}
+            }
+        }
+    }
+}

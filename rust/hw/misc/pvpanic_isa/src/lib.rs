@@ -1,0 +1,136 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+
+//! `pvpanic`: the ISA pvpanic device, a drop-in replacement for QEMU's C
+//! `hw/misc/pvpanic-isa.c` when QEMU is built with Rust.
+//!
+//! Same QOM type name, properties (`ioport`, default 0x505; `events`, default
+//! all three), fw_cfg file `etc/pvpanic-port`, ACPI device (`PEVT`, `_HID
+//! "QEMU0001"`, byte-identical AML from `hw/misc/pvpanic-isa-acpi.c`) and
+//! guest-visible semantics (`vigil_core::pvpanic`). Like the C device it
+//! has no migration state: `events` and `ioport` are configuration.
+
+mod bindings;
+mod ffi;
+
+use std::ffi::CStr;
+
+use common::{uninit_field_mut, Opaque};
+use hwcore::{
+    bindings::DeviceCategory, DeviceClass, DeviceImpl, DeviceState, ResettablePhasesImpl,
+};
+use pvpanic::PvPanicRegister;
+use qom::{bindings::InterfaceInfo, bindings::TypeInfo, prelude::*, ObjectImpl, ParentField, ParentInit};
+use system::{hwaddr, MemoryRegion, MemoryRegionOps, MemoryRegionOpsBuilder};
+use vigil_core::pvpanic::{validate_events, ALL};
+
+pub const TYPE_PVPANIC_ISA: &CStr = c"pvpanic";
+
+/// `ISADevice` from `hw/isa/isa.h`, the parent of ISA devices.
+#[repr(transparent)]
+#[derive(Debug, common::Wrapper)]
+pub struct ISADevice(Opaque<bindings::ISADevice>);
+
+// SAFETY: like DeviceState, only used under the BQL.
+unsafe impl Send for ISADevice {}
+// SAFETY: as above.
+unsafe impl Sync for ISADevice {}
+
+// SAFETY: the C type "isa-device" has the layout of bindings::ISADevice and
+// DeviceClass as its class (OBJECT_DECLARE_SIMPLE_TYPE).
+unsafe impl ObjectType for ISADevice {
+    type Class = DeviceClass;
+    const TYPE_NAME: &'static CStr = c"isa-device";
+}
+qom_isa!(ISADevice: DeviceState, Object);
+
+#[repr(C)]
+#[derive(hwcore::Device)]
+/// ISA pvpanic device state.
+pub struct PvPanicIsa {
+    parent_obj: ParentField<ISADevice>,
+    iomem: MemoryRegion,
+    #[property(rename = "ioport", default = 0x505)]
+    ioport: u16,
+    #[property(rename = "events", default = ALL)]
+    events: u8,
+    reg: PvPanicRegister,
+}
+
+qom_isa!(PvPanicIsa: ISADevice, DeviceState, Object);
+
+// SAFETY: TYPE_INFO below registers PvPanicIsa under this name.
+unsafe impl ObjectType for PvPanicIsa {
+    type Class = DeviceClass;
+    const TYPE_NAME: &'static CStr = TYPE_PVPANIC_ISA;
+}
+
+impl ObjectImpl for PvPanicIsa {
+    type ParentType = ISADevice;
+
+    const INSTANCE_INIT: Option<unsafe fn(ParentInit<Self>)> = Some(Self::init);
+    const CLASS_INIT: fn(&mut Self::Class) = Self::class_init;
+}
+
+impl DeviceImpl for PvPanicIsa {
+    const REALIZE: Option<fn(&Self) -> util::Result<()>> = Some(Self::realize);
+}
+
+impl ResettablePhasesImpl for PvPanicIsa {}
+
+/// The type implements the ACPI AML interface, which QOM types written in
+/// Rust cannot declare yet: register it by hand instead of with
+/// `#[derive(qom::Object)]`.
+const INTERFACES: &[InterfaceInfo] = &[
+    InterfaceInfo { type_: c"acpi-dev-aml-interface".as_ptr() },
+    InterfaceInfo { type_: std::ptr::null() },
+];
+const TYPE_INFO: TypeInfo = TypeInfo {
+    interfaces: INTERFACES.as_ptr(),
+    ..<PvPanicIsa as ObjectImpl>::TYPE_INFO
+};
+util::module_init! {
+    MODULE_INIT_QOM => unsafe {
+        qom::type_register_static(&TYPE_INFO);
+    }
+}
+
+impl PvPanicIsa {
+    fn class_init(klass: &mut DeviceClass) {
+        klass.class_init::<Self>();
+        klass.categories[0] |= 1 << DeviceCategory::DEVICE_CATEGORY_MISC as u32;
+        ffi::install_acpi_aml(klass);
+    }
+
+    /// # Safety
+    ///
+    /// Called once by QOM on a zeroed, correctly sized instance.
+    unsafe fn init(mut this: ParentInit<Self>) {
+        // As QEMU's C pvpanic: 1-byte implementation, wider accesses split.
+        static OPS: MemoryRegionOps<PvPanicIsa> = MemoryRegionOpsBuilder::<PvPanicIsa>::new()
+            .read(&PvPanicIsa::read)
+            .write(&PvPanicIsa::write)
+            .native_endian()
+            .impl_sizes(1, 1)
+            .build();
+        MemoryRegion::init_io(&mut uninit_field_mut!(*this, iomem), &OPS, "pvpanic", 1);
+    }
+
+    fn realize(&self) -> util::Result<()> {
+        validate_events(self.events).map_err(|e| util::Error::msg(format!("pvpanic: {e}")))?;
+        // As the C device: without fw_cfg (no firmware to tell), no port.
+        let Some(fw_cfg) = ffi::FwCfg::find() else {
+            return Ok(());
+        };
+        fw_cfg.add_pvpanic_port(self.ioport);
+        ffi::isa_register_ioport(self.upcast(), &self.iomem, self.ioport);
+        Ok(())
+    }
+
+    fn read(&self, _offset: hwaddr, _size: u32) -> u64 {
+        PvPanicRegister::read(self.events)
+    }
+
+    fn write(&self, _offset: hwaddr, value: u64, _size: u32) {
+        self.reg.write("pvpanic", value);
+    }
+}
