@@ -115,6 +115,27 @@ check "stall-detector: four banks read as zero after reset (HMP xp)" banks_via_m
 check "stall-detector: not offered on x86_64 (arm virt only)" \
     qemu_fails_with "'vcpu-stall-detector' is not a valid device model name" "$X86" -M q35 -device vcpu-stall-detector
 
+poweroff_action() {
+    # A guest that stops petting (bare-metal test guest, CPU 1 after 1 pet),
+    # immediate-action=on and -action watchdog=poweroff: QEMU must send
+    # VCPU_STALL and WATCHDOG, then exit by itself with status 0.
+    local guest=$VIGIL_CACHE/stall-guest rc
+    make -s -C "$VIGIL_ROOT/tests/guest/stall-guest" O="$guest" || return 1
+    timeout 60 "$A64" -M virt -cpu cortex-a57 -smp 2 -display none -nodefaults \
+        -kernel "$guest/stall-guest.elf" -fw_cfg name=opt/vigil/stall-timeout,string=1 \
+        -fw_cfg name=opt/vigil/stall-pets,string=1 \
+        -device vcpu-stall-detector,id=stall,immediate-action=on -action watchdog=poweroff \
+        -qmp "unix:$tmp/poweroff.sock,server=on,wait=off" &
+    local qpid=$!
+    python3 "$VIGIL_ROOT/scripts/qmp-events.py" "$tmp/poweroff.sock" --only VCPU_STALL,WATCHDOG \
+        --timeout 60 > "$tmp/poweroff.events"
+    wait $qpid; rc=$?
+    cat "$tmp/poweroff.events"
+    [ $rc = 0 ] && grep -q '"stage": "action"' "$tmp/poweroff.events" &&
+        grep -q 'WATCHDOG {"action": "poweroff"}' "$tmp/poweroff.events"
+}
+check "stall-detector: -action watchdog=poweroff ends QEMU (exit 0) after the events" poweroff_action
+
 # --- pvpanic ---------------------------------------------------------------
 
 c_pvpanic_not_built() {

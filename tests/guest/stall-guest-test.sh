@@ -8,6 +8,13 @@
 #      "action" stage and a WATCHDOG event after one more budget.
 #   2. SIGSTOP: both CPUs pet forever; QEMU is stopped with SIGSTOP for 3
 #      budgets and continued: no VCPU_STALL event may come at all.
+#   3. ppi: the guest's CPU 1 enables the detector's PPI (15, INTID 31) in
+#      its banked GIC registers and stalls with interrupts unmasked: after the
+#      VCPU_STALL warning, its IRQ handler must print the interrupt and
+#      disable its bank, and no "action" stage or WATCHDOG event may follow
+#      within 2 more budgets (of vCPU 1's CPU time, as far as possible).
+#   4. ppi=-1: the same guest with a device without interrupt: no interrupt
+#      reaches the guest, and the action and WATCHDOG come.
 #
 # Prints "PASS<TAB>name" or "FAIL<TAB>name" per check on stdout, details on
 # stderr; exits 0 when every check passed.
@@ -16,6 +23,7 @@
 #   QEMU_AARCH64       QEMU binary (default ~/.cache/vigil/build/qemu-system-aarch64)
 #   STALL_GUEST_BUILD  where the guest is built (default ~/.cache/vigil/stall-guest)
 #   STALL_T, STALL_P   budget in seconds (default 2) and CPU 1's pets (default 6)
+#   STALL_PPI_P        CPU 1's pets in the ppi runs (default 2)
 set -uo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -23,6 +31,7 @@ QEMU=${QEMU_AARCH64:-$HOME/.cache/vigil/build/qemu-system-aarch64}
 GUEST_BUILD=${STALL_GUEST_BUILD:-$HOME/.cache/vigil/stall-guest}
 T=${STALL_T:-2}
 P=${STALL_P:-6}
+PPI_P=${STALL_PPI_P:-2}
 ELF=$GUEST_BUILD/stall-guest.elf
 
 tmp=$(mktemp -d)
@@ -157,17 +166,20 @@ poll_serial()
 emit("qmp", "closed")
 EOF
 
-# start_vm NAME PETS: starts QEMU and its watcher; sets qpid and tl (timeline)
+# start_vm NAME PETS [MODE [DEVICE_OPTIONS]]: starts QEMU and its watcher;
+# sets qpid and tl (timeline). MODE is the guest's opt/vigil/stall-mode
+# (default stall); DEVICE_OPTIONS are appended to -device (",ppi=-1").
 start_vm() {
-    local name=$1 pets=$2
+    local name=$1 pets=$2 mode=${3:-stall} devopts=${4:-}
     tl=$tmp/$name.tl
     : >"$tl"
     "$QEMU" -M virt -cpu cortex-a57 -smp 2 -nodefaults -display none \
         -name "stall-guest-$name,debug-threads=on" \
         -kernel "$ELF" \
-        -device vcpu-stall-detector,id=sd -action watchdog=none \
+        -device "vcpu-stall-detector,id=sd$devopts" -action watchdog=none \
         -fw_cfg "name=opt/vigil/stall-timeout,string=$T" \
         -fw_cfg "name=opt/vigil/stall-pets,string=$pets" \
+        -fw_cfg "name=opt/vigil/stall-mode,string=$mode" \
         -serial "file:$tmp/$name.serial" \
         -qmp "unix:$tmp/$name.qmp,server=on,wait=off" \
         </dev/null >"$tmp/$name.out" 2>"$tmp/$name.err" &
@@ -175,7 +187,7 @@ start_vm() {
     qemu_pids+=("$qpid")
     python3 "$tmp/watch.py" "$tmp/$name.qmp" "$tmp/$name.serial" "$tl" "$qpid" 2>>"$tmp/$name.err" &
     watch_pids+=("$!")
-    log "[$name] QEMU pid $qpid, T=$T s, CPU 1 pets=$pets"
+    log "[$name] QEMU pid $qpid, T=$T s, CPU 1 pets=$pets, guest mode $mode${devopts:+, device$devopts}"
 }
 
 # wait_for REGEX SECONDS: first timeline line matching REGEX (grep -E),
@@ -212,6 +224,20 @@ cpu_ns_after() {
     awk -F'\t' -v re="$1" -v col="$2" \
         'found && $2 == "cputime" { print $col; exit } !found && $0 ~ re { found = 1 }' "$tl"
 }
+
+# vcpu_ns_now CPU: CPU time (ns) QEMU's vCPU thread CPU has used so far, or -
+vcpu_ns_now() {
+    local t
+    for t in /proc/"$qpid"/task/*; do
+        if [ "$(cat "$t/comm" 2>/dev/null)" = "CPU $1/TCG" ]; then
+            cut -d' ' -f1 "$t/schedstat" 2>/dev/null && return
+        fi
+    done
+    echo -
+}
+
+# line_no REGEX: number of the first timeline line matching REGEX, or 0
+line_no() { grep -n -m1 -E -- "$1" "$tl" | cut -d: -f1 | grep . || echo 0; }
 
 events() { awk -F'\t' '$2 == "event"' "$tl"; }
 stall_events() { awk -F'\t' '$2 == "event" && $3 == "VCPU_STALL"' "$tl"; }
@@ -341,5 +367,93 @@ log "[sigstop] events: ${ev:-none}"
 result "sigstop: no VCPU_STALL (or WATCHDOG) event after SIGSTOP of $((3 * T)) s" $?
 stop_vm
 [ $failures -eq $failures_before ] || dump_vm sigstop
+
+# ---- 3. ppi mode: the guest takes the interrupt and handles the stall -----
+failures_before=$failures
+start_vm ppi "$PPI_P" ppi
+irq_re=$'\tserial\tcpu1: stall interrupt intid 31$'
+wait_for $'\tserial\tcpu1: GIC: intid 31 \\(PPI 15\\) enabled' 15 >/dev/null
+result "ppi: CPU 1 enables intid 31 (PPI 15) in its banked GIC registers" $?
+stop_line=$(wait_for $'\tserial\tcpu1: stop petting \\(interrupts unmasked\\)$' $((PPI_P * T / 2 + 15)))
+st=$?
+[ $st -eq 0 ] && { grep -qE $'\tserial\tcpu1: pet '"$PPI_P"' ' "$tl"; st=$?; }
+result "ppi: CPU 1 pets $PPI_P times, then stops petting with interrupts unmasked" $st
+
+warn_line=$(wait_for $'\tevent\tVCPU_STALL\t' $((T + 1 + 8)))
+t_warn=
+if [ -n "$warn_line" ]; then
+    IFS=$'\t' read -r t_warn _ _ cpu stage budget _ <<<"$warn_line"
+    log "[ppi] first VCPU_STALL: cpu-index $cpu, stage $stage, budget-ms $budget," \
+        "$(awk -v a="$t_warn" -v b="${stop_line%%$'\t'*}" 'BEGIN { printf "%.3f", a - b }') s after 'stop petting'"
+    [ "$cpu" = 1 ] && [ "$stage" = warning ]
+    st=$?
+else
+    log "[ppi] no VCPU_STALL event within $((T + 9)) s of 'stop petting'"
+    st=1
+fi
+result "ppi: VCPU_STALL warning for cpu-index 1" $st
+
+irq_line=$(wait_for "$irq_re" 5)
+st=1
+if [ -n "$irq_line" ] && [ -n "$stop_line" ]; then
+    log "[ppi] interrupt line on serial $(awk -v a="${irq_line%%$'\t'*}" -v b="${t_warn:-0}" \
+        'BEGIN { printf "%.3f", a - b }') s after the warning event"
+    # After CPU 1 stopped petting (never while it petted), exactly once, and
+    # the handler returned.
+    [ "$(line_no "$irq_re")" -gt "$(line_no $'\tserial\tcpu1: stop petting')" ] &&
+        [ "$(grep -cE -- "$irq_re" "$tl")" -eq 1 ] &&
+        ! grep -qE $'\tserial\t.*(unexpected interrupt|EXCEPTION)' "$tl" &&
+        wait_for $'\tserial\tcpu1: back from the stall interrupt' 3 >/dev/null
+    st=$?
+else
+    log "[ppi] no 'cpu1: stall interrupt intid 31' line on the serial console"
+fi
+result "ppi: CPU 1's IRQ handler gets intid 31 once, after it stopped petting, and returns" $st
+
+# The guest disabled its bank in the handler: no action may follow. With
+# clock=vcpu-runtime a budget is vCPU 1's CPU time (CPU 1 keeps spinning), so
+# wait for 2 budgets of it, and at least 2 budgets of wall-clock time, up to
+# 2T + 10 s on a busy host.
+st=1
+if [ -n "$t_warn" ]; then
+    c_warn=$(cpu_ns_after $'\tevent\tVCPU_STALL\t' 4)
+    end=$(($(date +%s) + 2 * T + 10))
+    while :; do
+        c_now=$(vcpu_ns_now 1)
+        used=$(awk -v a="$c_now" -v b="$c_warn" \
+            'BEGIN { if (a == "-" || b == "-" || b == "") print -1; else printf "%.3f", (a - b) / 1e9 }')
+        waited=$(awk -v a="$(date +%s.%N)" -v b="$t_warn" 'BEGIN { printf "%.3f", a - b }')
+        awk -v u="$used" -v w="$waited" -v t="$T" 'BEGIN { exit !(u >= 2 * t && w >= 2 * t) }' && break
+        [ "$(date +%s)" -ge "$end" ] && break
+        grep -qE $'\tevent\t(WATCHDOG|VCPU_STALL\t[0-9]+\taction)\t' "$tl" && break
+        sleep 0.1
+    done
+    log "[ppi] watched $waited s after the warning; vCPU 1 used $used s of CPU time meanwhile" \
+        "(2 budgets: $((2 * T)) s; load $(cut -d' ' -f1-3 /proc/loadavg))"
+    log "[ppi] events: $(events | cut -f3-6 | tr '\t\n' ' ;')"
+    ! grep -qE $'\tevent\t(WATCHDOG|VCPU_STALL\t[0-9]+\taction)\t' "$tl" &&
+        [ "$(stall_events | wc -l)" -eq 1 ]
+    st=$?
+fi
+result "ppi: no VCPU_STALL action or WATCHDOG within 2 more budgets (the guest handled it)" $st
+stop_vm
+[ $failures -eq $failures_before ] || dump_vm ppi
+
+# ---- 4. ppi mode with ppi=-1: nothing reaches the guest, the action comes --
+failures_before=$failures
+start_vm ppi-none "$PPI_P" ppi ",ppi=-1"
+stop_line=$(wait_for $'\tserial\tcpu1: stop petting \\(interrupts unmasked\\)$' $((PPI_P * T / 2 + 15)))
+result "ppi=-1: CPU 1 stops petting with interrupts unmasked" $?
+warn_line=$(wait_for $'\tevent\tVCPU_STALL\t1\twarning\t' $((T + 1 + 8)))
+action_line=$(wait_for $'\tevent\tVCPU_STALL\t1\taction\t' $((T + 1 + 8)))
+wd_line=$(wait_for $'\tevent\tWATCHDOG\t' 2)
+sleep 0.3    # let the watcher read what the guest printed meanwhile
+log "[ppi=-1] warning: ${warn_line:+yes}, action: ${action_line:+yes}, WATCHDOG: ${wd_line:+yes}"
+[ -n "$warn_line" ] && [ -n "$action_line" ] && [ -n "$wd_line" ]
+result "ppi=-1: VCPU_STALL warning, then action for cpu-index 1, then WATCHDOG" $?
+! grep -qE $'\tserial\t.*interrupt intid' "$tl" && [ -n "$stop_line" ]
+result "ppi=-1: no interrupt reaches the guest" $?
+stop_vm
+[ $failures -eq $failures_before ] || dump_vm ppi-none
 
 [ $failures -eq 0 ]

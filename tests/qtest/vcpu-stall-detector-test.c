@@ -194,6 +194,65 @@ static void test_reset_action(void)
     qtest_quit(qts);
 }
 
+/*
+ * Every watchdog action, through QEMU's watchdog framework. "poweroff"
+ * exits QEMU from within the clock_step that fires the timer, before
+ * libqtest gets its answer: scripts/cli-tests.sh checks it with a guest.
+ */
+static void test_each_action(void)
+{
+    static const struct {
+        const char *action;
+        const char *then;       /* the event that follows WATCHDOG */
+    } cases[] = {
+        { "reset", "RESET" },
+        { "shutdown", "POWERDOWN" },    /* asks the guest to power off */
+        { "pause", "STOP" },
+        { "debug", "STOP" },
+        { "none", NULL },
+        { "inject-nmi", NULL },
+    };
+
+    for (int i = 0; i < ARRAY_SIZE(cases); i++) {
+        g_autofree char *args = g_strdup_printf(",immediate-action=on "
+                                                "-action watchdog=%s",
+                                                cases[i].action);
+        QTestState *qts = start(args);
+        QDict *ev;
+
+        arm_bank(qts, 1, 10, 1);
+        qtest_clock_step(qts, 100 * NS_PER_MS);
+        check_stall(qtest_qmp_eventwait_ref(qts, "VCPU_STALL"), 1, 100,
+                    "action");
+        ev = qtest_qmp_eventwait_ref(qts, "WATCHDOG");
+        g_assert_cmpstr(qdict_get_str(qdict_get_qdict(ev, "data"), "action"),
+                        ==, cases[i].action);
+        qobject_unref(ev);
+        if (cases[i].then) {
+            qobject_unref(qtest_qmp_eventwait_ref(qts, cases[i].then));
+        }
+        qtest_quit(qts);
+    }
+}
+
+/* The action can be changed at run time, as for any watchdog */
+static void test_set_action_at_run_time(void)
+{
+    QTestState *qts = start(",immediate-action=on");
+    QDict *ev;
+
+    qtest_qmp_assert_success(qts, "{'execute': 'watchdog-set-action',"
+                             " 'arguments': { 'action': 'pause' } }");
+    arm_bank(qts, 0, 10, 1);
+    qtest_clock_step(qts, 100 * NS_PER_MS);
+    qobject_unref(qtest_qmp_eventwait_ref(qts, "VCPU_STALL"));
+    ev = qtest_qmp_eventwait_ref(qts, "WATCHDOG");
+    g_assert_cmpstr(qdict_get_str(qdict_get_qdict(ev, "data"), "action"), ==,
+                    "pause");
+    qobject_unref(ev);
+    qtest_quit(qts);
+}
+
 static void test_pet_keeps_quiet(void)
 {
     QTestState *qts = start(" -action watchdog=none");
@@ -418,6 +477,9 @@ int main(int argc, char **argv)
     qtest_add_func("/vcpu-stall-detector/immediate-action-pause",
                    test_immediate_action_pause);
     qtest_add_func("/vcpu-stall-detector/reset-action", test_reset_action);
+    qtest_add_func("/vcpu-stall-detector/each-action", test_each_action);
+    qtest_add_func("/vcpu-stall-detector/set-action-at-run-time",
+                   test_set_action_at_run_time);
     qtest_add_func("/vcpu-stall-detector/pet-keeps-quiet",
                    test_pet_keeps_quiet);
     qtest_add_func("/vcpu-stall-detector/ppi", test_ppi);

@@ -23,6 +23,17 @@
 #endif
 #define UART_BASE           0x09000000  /* PL011 */
 #define FW_CFG_BASE         0x09020000
+#ifndef GICD_BASE
+#define GICD_BASE           0x08000000  /* GICv2 distributor */
+#endif
+#ifndef GICC_BASE
+#define GICC_BASE           0x08010000  /* GICv2 CPU interface */
+#endif
+
+/* PPI of the detector (its "ppi" property; the device tree says 15). */
+#ifndef STALL_PPI
+#define STALL_PPI           15
+#endif
 
 /* PSCI conduit: 1 = hvc (virt without EL2/EL3), 0 = smc. */
 #ifndef PSCI_HVC

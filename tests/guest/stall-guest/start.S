@@ -49,14 +49,49 @@ set_stack_and_vbar:
     isb
     ret
 
-/* Any exception is a bug of this program: report it and stop the CPU. */
+/*
+ * IRQs at the current EL (vectors 1 and 5, SP_EL0 or SP_ELx) go to
+ * irq_handler; they are only unmasked in ppi mode. Any other exception is a
+ * bug of this program: report it and stop the CPU.
+ */
     .balign 2048
 vectors:
     .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
     .balign 128
+    .if \n == 1 || \n == 5
+    b       irq_entry
+    .else
     mov     x0, #\n
     b       exception
+    .endif
     .endr
+
+/* Saves the registers a C function may clobber; IRQs stay masked inside. */
+irq_entry:
+    sub     sp, sp, #(20 * 8)
+    stp     x0, x1, [sp, #(0 * 8)]
+    stp     x2, x3, [sp, #(2 * 8)]
+    stp     x4, x5, [sp, #(4 * 8)]
+    stp     x6, x7, [sp, #(6 * 8)]
+    stp     x8, x9, [sp, #(8 * 8)]
+    stp     x10, x11, [sp, #(10 * 8)]
+    stp     x12, x13, [sp, #(12 * 8)]
+    stp     x14, x15, [sp, #(14 * 8)]
+    stp     x16, x17, [sp, #(16 * 8)]
+    stp     x18, x30, [sp, #(18 * 8)]
+    bl      irq_handler
+    ldp     x0, x1, [sp, #(0 * 8)]
+    ldp     x2, x3, [sp, #(2 * 8)]
+    ldp     x4, x5, [sp, #(4 * 8)]
+    ldp     x6, x7, [sp, #(6 * 8)]
+    ldp     x8, x9, [sp, #(8 * 8)]
+    ldp     x10, x11, [sp, #(10 * 8)]
+    ldp     x12, x13, [sp, #(12 * 8)]
+    ldp     x14, x15, [sp, #(14 * 8)]
+    ldp     x16, x17, [sp, #(16 * 8)]
+    ldp     x18, x30, [sp, #(18 * 8)]
+    add     sp, sp, #(20 * 8)
+    eret
 
 exception:
     mrs     x1, esr_el1
