@@ -283,12 +283,18 @@ impl Bank {
 
     /// A guest write of `value` to `reg`, at time-source reading `now`.
     pub fn write(&mut self, reg: Register, value: u32, now: u64) -> WriteOutcome {
+        self.write_with(reg, value, || now)
+    }
+
+    /// As [`Bank::write`], reading the time source only if the write needs
+    /// it (a vCPU's CPU-time clock costs a system call to read).
+    pub fn write_with(&mut self, reg: Register, value: u32, now: impl FnOnce() -> u64) -> WriteOutcome {
         let keep = WriteOutcome { timer: Timer::Keep, lower_irq: false, error: None };
         match reg {
             Register::Status => {
                 self.status = value;
                 let reserved = value & !STATUS_ENABLE;
-                let (timer, error) = self.start(now);
+                let (timer, error) = self.start(now());
                 WriteOutcome {
                     timer,
                     lower_irq: true,
@@ -300,7 +306,7 @@ impl Bank {
                 if !self.enabled() {
                     return keep;
                 }
-                let (timer, error) = self.start(now);
+                let (timer, error) = self.start(now());
                 WriteOutcome { timer, lower_irq: true, error }
             }
             Register::CurrentCnt => WriteOutcome { error: Some(GuestError::ReadOnly(reg)), ..keep },

@@ -139,9 +139,13 @@ impl BankState {
     /// The bank's time source now, in ns. Before the vCPU thread reported
     /// its clock the vCPU has not run guest code: time stands still.
     fn now(&self, source: Source) -> u64 {
+        Self::read_source(source, self.cpu_clock)
+    }
+
+    fn read_source(source: Source, cpu_clock: Option<libc::clockid_t>) -> u64 {
         match source {
             Source::Virtual => CLOCK_VIRTUAL.get_ns(),
-            Source::VcpuRuntime => self.cpu_clock.and_then(ffi::cpu_clock_ns).unwrap_or(0),
+            Source::VcpuRuntime => cpu_clock.and_then(ffi::cpu_clock_ns).unwrap_or(0),
         }
     }
 
@@ -381,8 +385,9 @@ impl VcpuStallDetector {
         // decode() only accepts 4-byte accesses.
         let value = value as u32;
         let mut b = self.banks[i as usize].borrow_mut();
-        let now = b.now(self.source());
-        let out = b.bank.write(reg, value, now);
+        let source = self.source();
+        let clock = b.cpu_clock;
+        let out = b.bank.write_with(reg, value, || BankState::read_source(source, clock));
         if let Some(e) = out.error {
             log_mask_ln!(Log::GuestError, "vcpu-stall-detector: cpu {i}: {e}");
         }
