@@ -19,3 +19,20 @@ log() { printf '\033[1m[vigil]\033[0m %s\n' "$*" >&2; }
 die() { printf '[vigil] error: %s\n' "$*" >&2; exit 1; }
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f s", b - a }'; }
+
+# The mirror URI of the machine's own Debian entry (deb822 or one-line
+# format): private apt configurations (deb-src, other architectures) reuse it.
+mirror_uri() {
+    local f
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [ -f "$f" ] || continue
+        awk 'BEGIN{RS=""; FS="\n"}
+             /Types:[^\n]*deb/ && !/debian-security/ && /Suites:/ {
+               for (i = 1; i <= NF; i++) if ($i ~ /^URIs:/) { split($i, a, /[ \t]+/); print a[2]; exit }
+             }' "$f"
+    done
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+        [ -f "$f" ] || continue
+        awk '$1 == "deb" && $0 !~ /security/ { for (i = 2; i <= NF; i++) if ($i ~ /:\/\//) { print $i; exit } }' "$f"
+    done
+}

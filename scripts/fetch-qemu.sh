@@ -27,22 +27,6 @@ if verify "$dl" 2>/dev/null; then
     exit 0
 fi
 
-# The mirror URI and keyring of the machine's own Debian entry (deb822 or one-line format).
-mirror_uri() {
-    local f
-    for f in /etc/apt/sources.list.d/*.sources; do
-        [ -f "$f" ] || continue
-        awk 'BEGIN{RS=""; FS="\n"}
-             /Types:[^\n]*deb/ && !/debian-security/ && /Suites:/ {
-               for (i = 1; i <= NF; i++) if ($i ~ /^URIs:/) { split($i, a, /[ \t]+/); print a[2]; exit }
-             }' "$f"
-    done
-    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-        [ -f "$f" ] || continue
-        awk '$1 == "deb" && $0 !~ /security/ { for (i = 2; i <= NF; i++) if ($i ~ /:\/\//) { print $i; exit } }' "$f"
-    done
-}
-
 fetch_with_apt() {
     local uri apt_dir opts
     uri=$(mirror_uri | head -n1)

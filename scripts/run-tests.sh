@@ -5,6 +5,9 @@
 #   2. QEMU-level checks of our devices from the command line (cli-tests.sh)
 #   3. meson test: our qtests, QEMU's own pvpanic/pvpanic-pci/device-introspect
 #      (both targets) and boot-serial (aarch64) qtests, QEMU's Rust suite
+#   4. real guests under TCG: a bare-metal aarch64 guest (stall detector) and
+#      Linux (Debian's x86 kernel; an arm64 kernel built from Debian's source,
+#      scripts/guest-kernels.sh) with the upstream drivers
 #
 # A test that cannot run counts as failed: nothing is skipped silently.
 # Expects a finished build (scripts/build.sh); builds the test programs itself.
@@ -81,13 +84,14 @@ log "meson test: ${#run[@]} qtests + QEMU's Rust suite"
 # shellcheck disable=SC2086 # rust_tests is a list of names
 "$MESON" test -C "$VIGIL_BUILD" --print-errorlogs "${run[@]}" $rust_tests \
     > "$logdir/meson.log" 2>&1
-grep -E '^ *[0-9]+/[0-9]+ ' "$logdir/meson.log" | sed 's/^ *//'
+sed -e '/^Summary of Failures/,$d' "$logdir/meson.log" | grep -E '^ *[0-9]+/[0-9]+ ' | sed 's/^ *//'
 while read -r st name; do
     case $st in
         OK|EXPECTEDFAIL) result "$name" 0 ;;
         *) result "$name ($st)" 1 ;;
     esac
-done < <(sed -n -E 's/^ *[0-9]+\/[0-9]+ +(.* )?([^ ]+) +(OK|FAIL|SKIP|TIMEOUT|ERROR|EXPECTEDFAIL|UNEXPECTEDPASS) +.*/\3 \2/p' "$logdir/meson.log")
+done < <(sed -e '/^Summary of Failures/,$d' "$logdir/meson.log" |
+         sed -n -E 's/^ *[0-9]+\/[0-9]+ +(.* )?([^ ]+) +(OK|FAIL|SKIP|TIMEOUT|ERROR|EXPECTEDFAIL|UNEXPECTEDPASS) +.*/\3 \2/p')
 grep -q 'Ok:' "$logdir/meson.log" || { tail -n 40 "$logdir/meson.log"; result "meson test (did not run)" 1; }
 log "meson tests took $(elapsed "$t0") (log: $logdir/meson.log)"
 
@@ -95,6 +99,10 @@ log "meson tests took $(elapsed "$t0") (log: $logdir/meson.log)"
 QEMU_AARCH64=$VIGIL_BUILD/qemu-system-aarch64 STALL_GUEST_BUILD=$VIGIL_CACHE/stall-guest \
     run_checks "real guest: bare-metal aarch64 on 2 vCPUs (stall detector)" stall-guest \
     "$VIGIL_ROOT/tests/guest/stall-guest-test.sh"
+
+QEMU_X86_64=$VIGIL_BUILD/qemu-system-x86_64 QEMU_AARCH64=$VIGIL_BUILD/qemu-system-aarch64 \
+    run_checks "real guests: Linux on x86 q35 and arm64 virt (pvpanic, stall detector)" linux-guests \
+    "$VIGIL_ROOT/tests/guest/pvpanic-guest-test.sh"
 
 if [ ${#failures[@]} -gt 0 ]; then
     log "failed:"; printf '  %s\n' "${failures[@]}" >&2
