@@ -30,26 +30,7 @@ QEMU_A64=${QEMU_AARCH64:-$HOME/.cache/vigil/build/qemu-system-aarch64}
 STALL_TIMEOUT=${STALL_TIMEOUT:-2}
 TESTS=${GUEST_TESTS:-x86 arm64 stall}
 
-tmp=$(mktemp -d)
-qemu_pids=()
-failures=0
-
-cleanup() {
-    local p
-    for p in "${qemu_pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
-    for p in "${qemu_pids[@]}"; do
-        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$p" 2>/dev/null
-        wait "$p" 2>/dev/null
-    done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-log() { printf '%s\n' "$*" >&2; }
-pass() { printf 'PASS\t%s\n' "$1"; }
-fail() { printf 'FAIL\t%s\n' "$1"; failures=$((failures + 1)); }
+. "$here/lib.sh"
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f s", b - a }'; }
 

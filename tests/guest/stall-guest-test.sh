@@ -34,33 +34,7 @@ P=${STALL_P:-6}
 PPI_P=${STALL_PPI_P:-2}
 ELF=$GUEST_BUILD/stall-guest.elf
 
-tmp=$(mktemp -d)
-qemu_pids=()
-watch_pids=()
-failures=0
-
-cleanup() {
-    local p
-    for p in "${qemu_pids[@]}"; do
-        kill -CONT "$p" 2>/dev/null   # a stopped QEMU would not act on TERM
-        kill -TERM "$p" 2>/dev/null
-    done
-    for p in "${qemu_pids[@]}" "${watch_pids[@]}"; do
-        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$p" 2>/dev/null
-        wait "$p" 2>/dev/null
-    done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-log() { printf '%s\n' "$*" >&2; }
-pass() { printf 'PASS\t%s\n' "$1"; }
-fail() { printf 'FAIL\t%s\n' "$1"; failures=$((failures + 1)); }
-result() { # NAME STATUS
-    if [ "$2" -eq 0 ]; then pass "$1"; else fail "$1"; fi
-}
+. "$here/lib.sh"
 
 # ---- QMP and serial watcher ------------------------------------------------
 # Connects to QEMU's QMP socket (standard library only), negotiates

@@ -5,8 +5,7 @@
  */
 
 #include "qemu/osdep.h"
-#include "libqtest.h"
-#include "qobject/qdict.h"
+#include "vigil-qtest.h"
 #include "standard-headers/misc/pvpanic.h"
 
 #define PVPANIC_EVENTS \
@@ -14,16 +13,6 @@
 
 /* First device on virt's platform bus */
 #define BASE 0x0c000000ULL
-
-static void expect_action(QTestState *qts, const char *event,
-                          const char *action)
-{
-    QDict *ev = qtest_qmp_eventwait_ref(qts, event);
-
-    g_assert_cmpstr(qdict_get_str(qdict_get_qdict(ev, "data"), "action"), ==,
-                    action);
-    qobject_unref(ev);
-}
 
 static void test_read(void)
 {
@@ -45,7 +34,7 @@ static void test_panicked(void)
                                  "-action panic=pause");
 
     qtest_writeb(qts, BASE, PVPANIC_PANICKED);
-    expect_action(qts, "GUEST_PANICKED", "pause");
+    vigil_expect_action(qts, "GUEST_PANICKED", "pause");
     qtest_quit(qts);
 }
 
@@ -54,7 +43,7 @@ static void test_crash_loaded(void)
     QTestState *qts = qtest_init("-M virt -device pvpanic-mmio");
 
     qtest_writeb(qts, BASE, PVPANIC_CRASH_LOADED);
-    expect_action(qts, "GUEST_CRASHLOADED", "run");
+    vigil_expect_action(qts, "GUEST_CRASHLOADED", "run");
     qtest_quit(qts);
 }
 
@@ -80,7 +69,7 @@ static void test_second_byte(void)
     g_assert_cmphex(qtest_readb(qts, BASE + 1), ==,
                     PVPANIC_PANICKED | PVPANIC_CRASH_LOADED);
     qtest_writeb(qts, BASE + 1, PVPANIC_PANICKED);
-    expect_action(qts, "GUEST_PANICKED", "run");
+    vigil_expect_action(qts, "GUEST_PANICKED", "run");
     qtest_quit(qts);
 }
 

@@ -8,8 +8,7 @@
  */
 
 #include "qemu/osdep.h"
-#include "libqtest.h"
-#include "qobject/qdict.h"
+#include "vigil-qtest.h"
 
 /* First device on virt's platform bus */
 #define BASE            0x0c000000ULL
@@ -48,16 +47,9 @@ static void arm_bank(QTestState *qts, int cpu, uint32_t hz, uint32_t ticks)
     wr(qts, cpu, STATUS, 1);
 }
 
-/* Events that arrived so far (a QMP round trip flushes them), or NULL */
-static QDict *event_so_far(QTestState *qts, const char *name)
-{
-    qtest_qmp_assert_success(qts, "{'execute': 'query-status'}");
-    return qtest_qmp_event_ref(qts, name);
-}
-
 static void assert_no_stall_yet(QTestState *qts)
 {
-    QDict *ev = event_so_far(qts, "VCPU_STALL");
+    QDict *ev = vigil_event_so_far(qts, "VCPU_STALL");
 
     g_assert_null(ev);
 }
@@ -132,7 +124,6 @@ static void test_registers(void)
 static void test_warning_then_action(void)
 {
     QTestState *qts = start(" -action watchdog=none");
-    QDict *ev;
 
     arm_bank(qts, 1, 10, 10);               /* 1 s on CPU 1 */
     qtest_clock_step(qts, NS_PER_SEC - 1);
@@ -140,15 +131,12 @@ static void test_warning_then_action(void)
 
     qtest_clock_step(qts, 1);
     check_stall(qtest_qmp_eventwait_ref(qts, "VCPU_STALL"), 1, 1000, "warning");
-    g_assert_null(event_so_far(qts, "WATCHDOG"));
+    g_assert_null(vigil_event_so_far(qts, "WATCHDOG"));
 
     /* One more budget without a reload: the action */
     qtest_clock_step(qts, NS_PER_SEC);
     check_stall(qtest_qmp_eventwait_ref(qts, "VCPU_STALL"), 1, 1000, "action");
-    ev = qtest_qmp_eventwait_ref(qts, "WATCHDOG");
-    g_assert_cmpstr(qdict_get_str(qdict_get_qdict(ev, "data"), "action"), ==,
-                    "none");
-    qobject_unref(ev);
+    vigil_expect_action(qts, "WATCHDOG", "none");
 
     /* After the action the bank waits for the guest: no more events */
     qtest_clock_step(qts, 10 * NS_PER_SEC);
@@ -165,15 +153,11 @@ static void test_warning_then_action(void)
 static void test_immediate_action_pause(void)
 {
     QTestState *qts = start(",immediate-action=on -action watchdog=pause");
-    QDict *ev;
 
     arm_bank(qts, 0, 1, 2);                 /* 2 s at 1 Hz */
     qtest_clock_step(qts, 2 * NS_PER_SEC);
     check_stall(qtest_qmp_eventwait_ref(qts, "VCPU_STALL"), 0, 2000, "action");
-    ev = qtest_qmp_eventwait_ref(qts, "WATCHDOG");
-    g_assert_cmpstr(qdict_get_str(qdict_get_qdict(ev, "data"), "action"), ==,
-                    "pause");
-    qobject_unref(ev);
+    vigil_expect_action(qts, "WATCHDOG", "pause");
     qobject_unref(qtest_qmp_eventwait_ref(qts, "STOP"));
 
     qtest_quit(qts);
@@ -218,16 +202,12 @@ static void test_each_action(void)
                                                 "-action watchdog=%s",
                                                 cases[i].action);
         QTestState *qts = start(args);
-        QDict *ev;
 
         arm_bank(qts, 1, 10, 1);
         qtest_clock_step(qts, 100 * NS_PER_MS);
         check_stall(qtest_qmp_eventwait_ref(qts, "VCPU_STALL"), 1, 100,
                     "action");
-        ev = qtest_qmp_eventwait_ref(qts, "WATCHDOG");
-        g_assert_cmpstr(qdict_get_str(qdict_get_qdict(ev, "data"), "action"),
-                        ==, cases[i].action);
-        qobject_unref(ev);
+        vigil_expect_action(qts, "WATCHDOG", cases[i].action);
         if (cases[i].then) {
             qobject_unref(qtest_qmp_eventwait_ref(qts, cases[i].then));
         }
@@ -239,17 +219,13 @@ static void test_each_action(void)
 static void test_set_action_at_run_time(void)
 {
     QTestState *qts = start(",immediate-action=on");
-    QDict *ev;
 
     qtest_qmp_assert_success(qts, "{'execute': 'watchdog-set-action',"
                              " 'arguments': { 'action': 'pause' } }");
     arm_bank(qts, 0, 10, 1);
     qtest_clock_step(qts, 100 * NS_PER_MS);
     qobject_unref(qtest_qmp_eventwait_ref(qts, "VCPU_STALL"));
-    ev = qtest_qmp_eventwait_ref(qts, "WATCHDOG");
-    g_assert_cmpstr(qdict_get_str(qdict_get_qdict(ev, "data"), "action"), ==,
-                    "pause");
-    qobject_unref(ev);
+    vigil_expect_action(qts, "WATCHDOG", "pause");
     qtest_quit(qts);
 }
 

@@ -7,8 +7,7 @@
  */
 
 #include "qemu/osdep.h"
-#include "libqtest.h"
-#include "qobject/qdict.h"
+#include "vigil-qtest.h"
 #include "libqos/fw_cfg.h"
 #include "qemu/bswap.h"
 #include "standard-headers/misc/pvpanic.h"
@@ -18,13 +17,6 @@
 
 #define PORT 0x505
 
-/* Events that arrived so far (a QMP round trip flushes them), or NULL */
-static QDict *event_so_far(QTestState *qts, const char *name)
-{
-    qtest_qmp_assert_success(qts, "{'execute': 'query-status'}");
-    return qtest_qmp_event_ref(qts, name);
-}
-
 static void assert_no_guest_event(QTestState *qts)
 {
     static const char *const events[] = {
@@ -32,7 +24,7 @@ static void assert_no_guest_event(QTestState *qts)
     };
 
     for (int i = 0; i < ARRAY_SIZE(events); i++) {
-        QDict *ev = event_so_far(qts, events[i]);
+        QDict *ev = vigil_event_so_far(qts, events[i]);
 
         if (ev) {
             g_error("unexpected %s", events[i]);
@@ -40,24 +32,14 @@ static void assert_no_guest_event(QTestState *qts)
     }
 }
 
-static void expect_action(QTestState *qts, const char *event,
-                          const char *action)
-{
-    QDict *ev = qtest_qmp_eventwait_ref(qts, event);
-
-    g_assert_cmpstr(qdict_get_str(qdict_get_qdict(ev, "data"), "action"), ==,
-                    action);
-    qobject_unref(ev);
-}
-
 static void test_crash_loaded(void)
 {
     QTestState *qts = qtest_init("-device pvpanic");
 
     qtest_outb(qts, PORT, PVPANIC_CRASH_LOADED);
-    expect_action(qts, "GUEST_CRASHLOADED", "run");
+    vigil_expect_action(qts, "GUEST_CRASHLOADED", "run");
     /* The guest keeps running */
-    g_assert_null(event_so_far(qts, "STOP"));
+    g_assert_null(vigil_event_so_far(qts, "STOP"));
     qtest_quit(qts);
 }
 
@@ -78,11 +60,11 @@ static void test_priority(void)
 
     /* The first known bit wins: panicked, crash loaded, shutdown */
     qtest_outb(qts, PORT, PVPANIC_PANICKED | PVPANIC_CRASH_LOADED);
-    expect_action(qts, "GUEST_PANICKED", "run");
+    vigil_expect_action(qts, "GUEST_PANICKED", "run");
     assert_no_guest_event(qts);
 
     qtest_outb(qts, PORT, PVPANIC_CRASH_LOADED | PVPANIC_SHUTDOWN);
-    expect_action(qts, "GUEST_CRASHLOADED", "run");
+    vigil_expect_action(qts, "GUEST_CRASHLOADED", "run");
     assert_no_guest_event(qts);
     qtest_quit(qts);
 }
@@ -99,7 +81,7 @@ static void test_unknown_bits(void)
 
     /* Known bits still act beside unknown ones */
     qtest_outb(qts, PORT, 0x80 | PVPANIC_CRASH_LOADED);
-    expect_action(qts, "GUEST_CRASHLOADED", "run");
+    vigil_expect_action(qts, "GUEST_CRASHLOADED", "run");
     qtest_quit(qts);
 }
 
@@ -116,7 +98,7 @@ static void test_events_mask(void)
      * an event it was not offered still gets it handled.
      */
     qtest_outb(qts, PORT, PVPANIC_CRASH_LOADED);
-    expect_action(qts, "GUEST_CRASHLOADED", "run");
+    vigil_expect_action(qts, "GUEST_CRASHLOADED", "run");
     qtest_outb(qts, PORT, PVPANIC_SHUTDOWN);
     qobject_unref(qtest_qmp_eventwait_ref(qts, "GUEST_PVSHUTDOWN"));
     ev = qtest_qmp_eventwait_ref(qts, "SHUTDOWN");
@@ -144,7 +126,7 @@ static void test_custom_port(void)
     pc_fw_cfg_uninit(fw_cfg);
 
     qtest_outb(qts, 0x600, PVPANIC_PANICKED);
-    expect_action(qts, "GUEST_PANICKED", "pause");
+    vigil_expect_action(qts, "GUEST_PANICKED", "pause");
     qtest_quit(qts);
 }
 
@@ -171,7 +153,7 @@ static void test_libvirt_command_line(void)
     g_assert_cmphex(qtest_inb(qts, PORT), ==, PVPANIC_EVENTS);
     qtest_outb(qts, PORT, PVPANIC_PANICKED);
     /* With -no-shutdown the default panic action pauses the guest */
-    expect_action(qts, "GUEST_PANICKED", "pause");
+    vigil_expect_action(qts, "GUEST_PANICKED", "pause");
     qtest_quit(qts);
 }
 
