@@ -83,10 +83,19 @@ mod tests {
 
     #[test]
     fn unknown_bits_are_reported_and_known_ones_still_act() {
-        assert_eq!(decode_write(0x80), Write { event: None, unknown: 0x80 });
+        assert_eq!(
+            decode_write(0x80),
+            Write {
+                event: None,
+                unknown: 0x80
+            }
+        );
         assert_eq!(
             decode_write(0xfc),
-            Write { event: Some(Event::Shutdown), unknown: 0xf8 }
+            Write {
+                event: Some(Event::Shutdown),
+                unknown: 0xf8
+            }
         );
         assert_eq!(decode_write(u64::MAX).unknown, u64::MAX & !7);
     }

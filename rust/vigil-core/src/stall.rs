@@ -253,7 +253,9 @@ impl Bank {
         if !self.stage().counting() {
             return 0;
         }
-        let used = self.used_ns.saturating_add(now.saturating_sub(self.start_ns));
+        let used = self
+            .used_ns
+            .saturating_add(now.saturating_sub(self.start_ns));
         self.budget_ns.saturating_sub(used)
     }
 
@@ -288,8 +290,17 @@ impl Bank {
 
     /// As [`Bank::write`], reading the time source only if the write needs
     /// it (a vCPU's CPU-time clock costs a system call to read).
-    pub fn write_with(&mut self, reg: Register, value: u32, now: impl FnOnce() -> u64) -> WriteOutcome {
-        let keep = WriteOutcome { timer: Timer::Keep, lower_irq: false, error: None };
+    pub fn write_with(
+        &mut self,
+        reg: Register,
+        value: u32,
+        now: impl FnOnce() -> u64,
+    ) -> WriteOutcome {
+        let keep = WriteOutcome {
+            timer: Timer::Keep,
+            lower_irq: false,
+            error: None,
+        };
         match reg {
             Register::Status => {
                 self.status = value;
@@ -298,7 +309,8 @@ impl Bank {
                 WriteOutcome {
                     timer,
                     lower_irq: true,
-                    error: error.or((reserved != 0).then_some(GuestError::ReservedStatusBits(reserved))),
+                    error: error
+                        .or((reserved != 0).then_some(GuestError::ReservedStatusBits(reserved))),
                 }
             }
             Register::LoadCnt => {
@@ -307,13 +319,23 @@ impl Bank {
                     return keep;
                 }
                 let (timer, error) = self.start(now());
-                WriteOutcome { timer, lower_irq: true, error }
+                WriteOutcome {
+                    timer,
+                    lower_irq: true,
+                    error,
+                }
             }
-            Register::CurrentCnt => WriteOutcome { error: Some(GuestError::ReadOnly(reg)), ..keep },
+            Register::CurrentCnt => WriteOutcome {
+                error: Some(GuestError::ReadOnly(reg)),
+                ..keep
+            },
             Register::ClockFreqHz => {
                 // Applies from the next load: a running countdown keeps its budget.
                 self.clock_hz = value;
-                WriteOutcome { error: (value == 0).then_some(GuestError::ZeroClock), ..keep }
+                WriteOutcome {
+                    error: (value == 0).then_some(GuestError::ZeroClock),
+                    ..keep
+                }
             }
         }
     }
@@ -344,10 +366,16 @@ impl Bank {
             self.stage = Stage::Warned as u8;
             self.start_ns = now;
             self.used_ns = 0;
-            return Deadline::Expired { act: false, rearm: Some(self.timer_delay(self.budget_ns)) };
+            return Deadline::Expired {
+                act: false,
+                rearm: Some(self.timer_delay(self.budget_ns)),
+            };
         }
         self.stage = Stage::Fired as u8;
-        Deadline::Expired { act: true, rearm: None }
+        Deadline::Expired {
+            act: true,
+            rearm: None,
+        }
     }
 
     /// Moves the time used so far into `used_ns`, so that the countdown no
@@ -400,7 +428,10 @@ mod tests {
         assert_eq!(decode(0x2, 4, 2), Err(AccessError::Misaligned(2)));
         assert_eq!(decode(0x0, 1, 2), Err(AccessError::Size(1)));
         assert_eq!(decode(0x0, 8, 2), Err(AccessError::Size(8)));
-        assert_eq!(decode(u64::MAX - 3, 4, u32::MAX), Err(AccessError::Beyond(u64::MAX - 3)));
+        assert_eq!(
+            decode(u64::MAX - 3, 4, u32::MAX),
+            Err(AccessError::Beyond(u64::MAX - 3))
+        );
         assert_eq!(decode(0, 4, 0), Err(AccessError::Beyond(0)));
     }
 
@@ -441,15 +472,34 @@ mod tests {
     fn two_stage_policy_warns_then_acts() {
         let mut b = armed(10, 80, 0);
         let p = Policy::default();
-        assert_eq!(b.deadline(8 * S, p), Deadline::Expired { act: false, rearm: Some(8 * S) });
+        assert_eq!(
+            b.deadline(8 * S, p),
+            Deadline::Expired {
+                act: false,
+                rearm: Some(8 * S)
+            }
+        );
         assert_eq!(b.stage(), Stage::Warned);
         assert_eq!(b.deadline(12 * S, p), Deadline::Wait(4 * S));
-        assert_eq!(b.deadline(16 * S, p), Deadline::Expired { act: true, rearm: None });
+        assert_eq!(
+            b.deadline(16 * S, p),
+            Deadline::Expired {
+                act: true,
+                rearm: None
+            }
+        );
         assert_eq!(b.stage(), Stage::Fired);
         assert_eq!(b.stalls, 2);
-        assert_eq!(b.deadline(30 * S, p), Deadline::Idle, "no further expiries after the action");
+        assert_eq!(
+            b.deadline(30 * S, p),
+            Deadline::Idle,
+            "no further expiries after the action"
+        );
         // A pet after the action starts over.
-        assert_eq!(b.write(Register::LoadCnt, 80, 31 * S).timer, Timer::Arm(8 * S));
+        assert_eq!(
+            b.write(Register::LoadCnt, 80, 31 * S).timer,
+            Timer::Arm(8 * S)
+        );
         assert_eq!(b.stage(), Stage::Counting);
     }
 
@@ -457,7 +507,10 @@ mod tests {
     fn pet_during_grace_cancels_the_action() {
         let mut b = armed(10, 80, 0);
         let p = Policy::default();
-        assert!(matches!(b.deadline(8 * S, p), Deadline::Expired { act: false, .. }));
+        assert!(matches!(
+            b.deadline(8 * S, p),
+            Deadline::Expired { act: false, .. }
+        ));
         b.write(Register::LoadCnt, 80, 9 * S);
         assert_eq!(b.stage(), Stage::Counting);
         assert_eq!(b.deadline(16 * S, p), Deadline::Wait(S));
@@ -466,8 +519,16 @@ mod tests {
     #[test]
     fn immediate_policy_acts_at_first_expiry() {
         let mut b = armed(10, 80, 0);
-        let p = Policy { immediate_action: true };
-        assert_eq!(b.deadline(8 * S, p), Deadline::Expired { act: true, rearm: None });
+        let p = Policy {
+            immediate_action: true,
+        };
+        assert_eq!(
+            b.deadline(8 * S, p),
+            Deadline::Expired {
+                act: true,
+                rearm: None
+            }
+        );
         assert_eq!(b.stalls, 1);
     }
 
@@ -490,17 +551,35 @@ mod tests {
         // Enable before any clock: logged, idle, no division by zero.
         let mut b = Bank::default();
         let o = b.write(Register::Status, 1, 0);
-        assert_eq!((o.timer, o.error), (Timer::Cancel, Some(GuestError::NoClock)));
+        assert_eq!(
+            (o.timer, o.error),
+            (Timer::Cancel, Some(GuestError::NoClock))
+        );
         assert_eq!(b.read(Register::CurrentCnt, 5), 0);
-        assert_eq!(b.write(Register::ClockFreqHz, 0, 0).error, Some(GuestError::ZeroClock));
-        assert_eq!(b.write(Register::LoadCnt, 7, 0).error, Some(GuestError::NoClock));
+        assert_eq!(
+            b.write(Register::ClockFreqHz, 0, 0).error,
+            Some(GuestError::ZeroClock)
+        );
+        assert_eq!(
+            b.write(Register::LoadCnt, 7, 0).error,
+            Some(GuestError::NoClock)
+        );
         // LOAD_CNT 0: expires at the first timer, which is never sooner than MIN_TIMER_NS.
         let mut b = armed(10, 0, 0);
-        assert_eq!(b.write(Register::LoadCnt, 0, 0).timer, Timer::Arm(MIN_TIMER_NS));
-        assert!(matches!(b.deadline(MIN_TIMER_NS, Policy::default()), Deadline::Expired { .. }));
+        assert_eq!(
+            b.write(Register::LoadCnt, 0, 0).timer,
+            Timer::Arm(MIN_TIMER_NS)
+        );
+        assert!(matches!(
+            b.deadline(MIN_TIMER_NS, Policy::default()),
+            Deadline::Expired { .. }
+        ));
         // Huge clock rate: one tick is below a nanosecond, timers still >= 1 ms.
         let mut b = armed(u32::MAX, 1, 0);
-        assert_eq!(b.write(Register::LoadCnt, 1, 0).timer, Timer::Arm(MIN_TIMER_NS));
+        assert_eq!(
+            b.write(Register::LoadCnt, 1, 0).timer,
+            Timer::Arm(MIN_TIMER_NS)
+        );
         // Huge count at 1 Hz: 136 years, no overflow.
         let b = armed(1, u32::MAX, 0);
         assert_eq!(b.read(Register::CurrentCnt, 0), u32::MAX);
@@ -510,7 +589,10 @@ mod tests {
         assert_eq!(o.error, Some(GuestError::ReservedStatusBits(0xffff_fffe)));
         assert_eq!(b.stage(), Stage::Idle);
         // CURRENT_CNT is read-only.
-        assert_eq!(b.write(Register::CurrentCnt, 3, 0).error, Some(GuestError::ReadOnly(Register::CurrentCnt)));
+        assert_eq!(
+            b.write(Register::CurrentCnt, 3, 0).error,
+            Some(GuestError::ReadOnly(Register::CurrentCnt))
+        );
         // A clock reading that goes backwards does not underflow.
         let b = armed(10, 80, 50 * S);
         assert_eq!(b.remaining_ns(0), 8 * S);
@@ -552,7 +634,10 @@ mod tests {
         assert_eq!(d.remaining_ns(7 + 2 * S), 3 * S);
         assert_eq!(d.read(Register::CurrentCnt, 7 + 2 * S), 30);
         // An idle bank stays idle; a corrupt stage is treated as idle.
-        let mut i = Bank { stage: 9, ..Bank::default() };
+        let mut i = Bank {
+            stage: 9,
+            ..Bank::default()
+        };
         assert_eq!(i.resume(0), Timer::Cancel);
         assert_eq!(i.stage(), Stage::Idle);
     }

@@ -19,7 +19,11 @@ fn op() -> impl Strategy<Value = Op> {
     let size = prop_oneof![Just(4u32), 0u32..9];
     let value = prop_oneof![any::<u32>(), 0u32..200, Just(0), Just(u32::MAX)];
     prop_oneof![
-        (offset.clone(), size.clone(), value).prop_map(|(offset, size, value)| Op::Write { offset, size, value }),
+        (offset.clone(), size.clone(), value).prop_map(|(offset, size, value)| Op::Write {
+            offset,
+            size,
+            value
+        }),
         (offset, size).prop_map(|(offset, size)| Op::Read { offset, size }),
         (0u64..20_000_000_000).prop_map(Op::Advance),
         Just(Op::Fire),

@@ -47,7 +47,9 @@ impl PvPanicRegister {
         unsafe {
             match w.event {
                 Some(Event::Panicked) => ffi::qemu_system_guest_panicked(std::ptr::null_mut()),
-                Some(Event::CrashLoaded) => ffi::qemu_system_guest_crashloaded(std::ptr::null_mut()),
+                Some(Event::CrashLoaded) => {
+                    ffi::qemu_system_guest_crashloaded(std::ptr::null_mut())
+                }
                 Some(Event::Shutdown) => ffi::qemu_system_guest_pvshutdown(),
                 None => {}
             }

@@ -20,7 +20,11 @@ extern "C" {
     fn fw_cfg_find() -> *mut FWCfgState;
     fn fw_cfg_add_file(s: *mut FWCfgState, filename: *const c_char, data: *mut c_void, len: usize);
     #[link_name = "isa_register_ioport"]
-    fn c_isa_register_ioport(dev: *mut bindings::ISADevice, io: *mut system::bindings::MemoryRegion, start: u16);
+    fn c_isa_register_ioport(
+        dev: *mut bindings::ISADevice,
+        io: *mut system::bindings::MemoryRegion,
+        start: u16,
+    );
     // hw/misc/pvpanic-isa-acpi.c
     fn pvpanic_isa_rust_class_init_acpi(klass: *mut c_void);
 }
@@ -42,7 +46,12 @@ impl FwCfg {
         // SAFETY: self.0 is the live fw_cfg device; the name is copied and
         // the data outlives it.
         unsafe {
-            fw_cfg_add_file(self.0, c"etc/pvpanic-port".as_ptr(), data.as_mut_ptr().cast(), data.len());
+            fw_cfg_add_file(
+                self.0,
+                c"etc/pvpanic-port".as_ptr(),
+                data.as_mut_ptr().cast(),
+                data.len(),
+            );
         }
     }
 }

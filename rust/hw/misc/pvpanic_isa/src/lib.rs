@@ -19,7 +19,9 @@ use hwcore::{
     bindings::DeviceCategory, DeviceClass, DeviceImpl, DeviceState, ResettablePhasesImpl,
 };
 use pvpanic::PvPanicRegister;
-use qom::{bindings::InterfaceInfo, bindings::TypeInfo, prelude::*, ObjectImpl, ParentField, ParentInit};
+use qom::{
+    bindings::InterfaceInfo, bindings::TypeInfo, prelude::*, ObjectImpl, ParentField, ParentInit,
+};
 use system::{hwaddr, MemoryRegion, MemoryRegionOps, MemoryRegionOpsBuilder};
 use vigil_core::pvpanic::{validate_events, ALL};
 
@@ -81,8 +83,12 @@ impl ResettablePhasesImpl for PvPanicIsa {}
 /// Rust cannot declare yet: register it by hand instead of with
 /// `#[derive(qom::Object)]`.
 const INTERFACES: &[InterfaceInfo] = &[
-    InterfaceInfo { type_: c"acpi-dev-aml-interface".as_ptr() },
-    InterfaceInfo { type_: std::ptr::null() },
+    InterfaceInfo {
+        type_: c"acpi-dev-aml-interface".as_ptr(),
+    },
+    InterfaceInfo {
+        type_: std::ptr::null(),
+    },
 ];
 const TYPE_INFO: TypeInfo = TypeInfo {
     interfaces: INTERFACES.as_ptr(),

@@ -83,7 +83,12 @@ impl PvPanicMmio {
             .native_endian()
             .impl_sizes(1, 1)
             .build();
-        MemoryRegion::init_io(&mut uninit_field_mut!(*this, iomem), &OPS, "pvpanic", PVPANIC_MMIO_SIZE);
+        MemoryRegion::init_io(
+            &mut uninit_field_mut!(*this, iomem),
+            &OPS,
+            "pvpanic",
+            PVPANIC_MMIO_SIZE,
+        );
     }
 
     fn post_init(&self) {

@@ -24,8 +24,8 @@ use std::{
 use bql::{BqlCell, BqlRefCell};
 use common::uninit_field_mut;
 use hwcore::{
-    DeviceImpl, DeviceMethods, DeviceState, InterruptSource, ResetType, ResettablePhasesImpl, SysBusDevice,
-    SysBusDeviceImpl, SysBusDeviceMethods,
+    bindings::DeviceCategory, DeviceImpl, DeviceMethods, DeviceState, InterruptSource, ResetType,
+    ResettablePhasesImpl, SysBusDevice, SysBusDeviceImpl, SysBusDeviceMethods,
 };
 use migration::{
     self, impl_vmstate_struct, vmstate_fields, vmstate_of, vmstate_validate, VMStateDescription,
@@ -60,6 +60,7 @@ static REALIZED: AtomicBool = AtomicBool::new(false);
 
 /// Where a bank's countdown takes its time from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 enum Source {
     /// CPU time of the vCPU's thread: only time the vCPU really ran counts.
     VcpuRuntime,
@@ -192,7 +193,8 @@ pub struct VcpuStallDetector {
     #[property(rename = "immediate-action", default = false)]
     immediate_action: bool,
 
-    source: BqlCell<u8>,
+    /// From the `clock` property, at realize (QOM zeroes it: VcpuRuntime).
+    source: BqlCell<Source>,
     num_banks: BqlCell<u32>,
     num_banks_saved: BqlCell<u32>,
     ppis: [InterruptSource; MAX_BANKS],
@@ -231,6 +233,7 @@ impl VcpuStallDetector {
         let dc = &mut klass.parent_class;
         dc.user_creatable = true;
         dc.desc = c"vCPU stall detector (Linux qemu,vcpu-stall-detector)".as_ptr();
+        dc.categories[0] |= 1 << DeviceCategory::DEVICE_CATEGORY_WATCHDOG as u32;
         ffi::describe_properties(
             klass,
             &[
@@ -287,15 +290,13 @@ impl VcpuStallDetector {
     }
 
     fn source(&self) -> Source {
-        if self.source.get() == 1 {
-            Source::Virtual
-        } else {
-            Source::VcpuRuntime
-        }
+        self.source.get()
     }
 
     fn policy(&self) -> Policy {
-        Policy { immediate_action: self.immediate_action }
+        Policy {
+            immediate_action: self.immediate_action,
+        }
     }
 
     fn realize(&self) -> util::Result<()> {
@@ -338,7 +339,7 @@ impl VcpuStallDetector {
             "vcpu-stall-detector: only one vcpu-stall-detector per machine"
         );
 
-        self.source.set(u8::from(source == Source::Virtual));
+        self.source.set(source);
         self.num_banks.set(cpus);
         // Whole pages, so that an access past the last bank still reaches
         // decode() (and its guest-error log) rather than unassigned memory.
@@ -351,7 +352,12 @@ impl VcpuStallDetector {
                 ffi::learn_vcpu_clock(i as u32, cell);
             }
             ffi::add_bank_stat_property(obj, &format!("cpu{i}-enabled"), BankStat::Enabled, cell);
-            ffi::add_bank_stat_property(obj, &format!("cpu{i}-remaining-ticks"), BankStat::RemainingTicks, cell);
+            ffi::add_bank_stat_property(
+                obj,
+                &format!("cpu{i}-remaining-ticks"),
+                BankStat::RemainingTicks,
+                cell,
+            );
             ffi::add_bank_stat_property(obj, &format!("cpu{i}-stalls"), BankStat::Stalls, cell);
         }
         Ok(())
@@ -377,7 +383,10 @@ impl VcpuStallDetector {
     fn write(&self, offset: hwaddr, value: u64, size: u32) {
         let (i, reg) = match stall::decode(offset, size, self.num_banks.get()) {
             Err(e) => {
-                log_mask_ln!(Log::GuestError, "vcpu-stall-detector: write {value:#x}: {e}");
+                log_mask_ln!(
+                    Log::GuestError,
+                    "vcpu-stall-detector: write {value:#x}: {e}"
+                );
                 return;
             }
             Ok(v) => v,
@@ -387,14 +396,19 @@ impl VcpuStallDetector {
         let mut b = self.banks[i as usize].borrow_mut();
         let source = self.source();
         let clock = b.cpu_clock;
-        let out = b.bank.write_with(reg, value, || BankState::read_source(source, clock));
+        let out = b
+            .bank
+            .write_with(reg, value, || BankState::read_source(source, clock));
         if let Some(e) = out.error {
             log_mask_ln!(Log::GuestError, "vcpu-stall-detector: cpu {i}: {e}");
         }
         match (reg, out.timer) {
-            (Register::Status, stall::Timer::Arm(_)) => {
-                trace::trace_vcpu_stall_enable(i, b.bank.load_cnt, b.bank.clock_hz, b.bank.budget_ns)
-            }
+            (Register::Status, stall::Timer::Arm(_)) => trace::trace_vcpu_stall_enable(
+                i,
+                b.bank.load_cnt,
+                b.bank.clock_hz,
+                b.bank.budget_ns,
+            ),
             (Register::Status, _) => trace::trace_vcpu_stall_disable(i),
             (Register::LoadCnt, stall::Timer::Arm(_)) => {
                 trace::trace_vcpu_stall_load(i, value, b.bank.budget_ns)

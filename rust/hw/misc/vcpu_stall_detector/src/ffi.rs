@@ -9,7 +9,9 @@ use std::{
 };
 
 use bql::BqlRefCell;
-use qom::bindings::{object_class_property_set_description, object_property_add, Object, ObjectClass, Visitor};
+use qom::bindings::{
+    object_class_property_set_description, object_property_add, Object, ObjectClass, Visitor,
+};
 
 use crate::device::{BankStat, BankState};
 
@@ -52,8 +54,18 @@ extern "C" {
     );
     fn object_get_canonical_path(obj: *const Object) -> *mut c_char;
     fn g_free(ptr: *mut c_void);
-    fn visit_type_uint32(v: *mut Visitor, name: *const c_char, obj: *mut u32, errp: *mut c_void) -> bool;
-    fn visit_type_bool(v: *mut Visitor, name: *const c_char, obj: *mut bool, errp: *mut c_void) -> bool;
+    fn visit_type_uint32(
+        v: *mut Visitor,
+        name: *const c_char,
+        obj: *mut u32,
+        errp: *mut c_void,
+    ) -> bool;
+    fn visit_type_bool(
+        v: *mut Visitor,
+        name: *const c_char,
+        obj: *mut bool,
+        errp: *mut c_void,
+    ) -> bool;
 }
 
 /// Number of vCPUs the machine has created (indices 0..n).
@@ -101,7 +113,10 @@ unsafe extern "C" fn learn_clock_on_vcpu(_cpu: *mut CPUState, data: RunOnCpuData
 
 /// Reads a thread CPU-time clock, in ns.
 pub fn cpu_clock_ns(id: libc::clockid_t) -> Option<u64> {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid out pointer; an invalid id only makes it fail.
     if unsafe { libc::clock_gettime(id, &mut ts) } != 0 {
         return None;
@@ -111,7 +126,11 @@ pub fn cpu_clock_ns(id: libc::clockid_t) -> Option<u64> {
 
 /// Sends the `VCPU_STALL` QMP event.
 pub fn send_stall_event(obj: *const Object, cpu: u32, budget_ms: u64, act: bool) {
-    let stage = if act { VcpuStallStage::Action } else { VcpuStallStage::Warning };
+    let stage = if act {
+        VcpuStallStage::Action
+    } else {
+        VcpuStallStage::Warning
+    };
     // SAFETY: obj is the live device; the returned string is owned by us and
     // freed with g_free after the event is sent (which copies it).
     unsafe {
@@ -150,7 +169,11 @@ impl StrProp {
             return None;
         }
         // SAFETY: qdev stores a NUL-terminated g_strdup'ed string here.
-        Some(unsafe { CStr::from_ptr(self.0) }.to_string_lossy().into_owned())
+        Some(
+            unsafe { CStr::from_ptr(self.0) }
+                .to_string_lossy()
+                .into_owned(),
+        )
     }
 }
 
@@ -177,15 +200,34 @@ struct StatProp {
 }
 
 /// Adds a read-only QOM property `name` showing one statistic of a bank.
-pub fn add_bank_stat_property(obj: *const Object, name: &str, stat: BankStat, cell: &BqlRefCell<BankState>) {
-    let opaque = Box::into_raw(Box::new(StatProp { cell: NonNull::from(cell), stat }));
+pub fn add_bank_stat_property(
+    obj: *const Object,
+    name: &str,
+    stat: BankStat,
+    cell: &BqlRefCell<BankState>,
+) {
+    let opaque = Box::into_raw(Box::new(StatProp {
+        cell: NonNull::from(cell),
+        stat,
+    }));
     let name = CString::new(name).unwrap();
-    let ty = if matches!(stat, BankStat::Enabled) { c"bool" } else { c"uint32" };
+    let ty = if matches!(stat, BankStat::Enabled) {
+        c"bool"
+    } else {
+        c"uint32"
+    };
     // SAFETY: obj is the live device; QOM copies the name; release_stat
     // frees opaque when the property goes away.
     unsafe {
-        object_property_add(obj.cast_mut(), name.as_ptr(), ty.as_ptr(), Some(get_stat), None,
-                            Some(release_stat), opaque.cast());
+        object_property_add(
+            obj.cast_mut(),
+            name.as_ptr(),
+            ty.as_ptr(),
+            Some(get_stat),
+            None,
+            Some(release_stat),
+            opaque.cast(),
+        );
     }
 }
 
