@@ -13,6 +13,24 @@ set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
 state_dir() { echo "$VIGIL_SRC/.vigil"; }
+mkdir -p "$VIGIL_CACHE"
+
+# Debian's +ds tarballs have no edk2 blobs: Debian's own one-line patch stops
+# pc-bios/meson.build from unpacking them. Applied to any tree that lacks them.
+skip_missing_edk2_blobs() {
+    local deb_patch=$VIGIL_CACHE/debian/patches/skip-unpack-edk2-blobs.patch
+    compgen -G "$VIGIL_SRC/pc-bios/edk2-*.fd.bz2" >/dev/null && return 0
+    grep -q '^if unpack_edk2_blobs$' "$VIGIL_SRC/pc-bios/meson.build" || return 0
+    log "no edk2 blobs in the tree: skipping their unpacking (Debian's skip-unpack-edk2-blobs.patch)"
+    if [ ! -f "$deb_patch" ] && [ -f "$VIGIL_CACHE/downloads/$QEMU_DEBIAN" ]; then
+        tar -C "$VIGIL_CACHE" -xJf "$VIGIL_CACHE/downloads/$QEMU_DEBIAN" debian/patches/skip-unpack-edk2-blobs.patch
+    fi
+    if [ -f "$deb_patch" ]; then
+        (cd "$VIGIL_SRC" && patch -s -p1 < "$deb_patch")
+    else
+        sed -i 's/^if unpack_edk2_blobs$/if unpack_edk2_blobs and false/' "$VIGIL_SRC/pc-bios/meson.build"
+    fi
+}
 
 unpack() { # unpack TARBALL into $VIGIL_SRC
     local tmp
@@ -34,15 +52,11 @@ elif [ ! -f "$(state_dir)/unpacked" ]; then
         unpack "$QEMU_SRC"
     else
         unpack "$VIGIL_CACHE/downloads/$QEMU_ORIG"
-        # Debian's +ds tarball has no edk2 blobs: Debian's own one-line patch
-        # stops pc-bios/meson.build from unpacking them.
-        tar -C "$VIGIL_CACHE" -xJf "$VIGIL_CACHE/downloads/$QEMU_DEBIAN" \
-            debian/patches/skip-unpack-edk2-blobs.patch
-        (cd "$VIGIL_SRC" && patch -s -p1 < "$VIGIL_CACHE/debian/patches/skip-unpack-edk2-blobs.patch")
     fi
     mkdir -p "$(state_dir)"
     touch "$(state_dir)/unpacked"
 fi
+skip_missing_edk2_blobs
 echo "$VIGIL_SRC" > "$VIGIL_CACHE/src-path"
 st=$(state_dir)
 mkdir -p "$st/applied"
