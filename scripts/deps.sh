@@ -5,11 +5,13 @@ set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
 # Build: QEMU with Rust. Run time: firmware for -M pc/q35 from Debian's packages.
-# Tests: a cross compiler and kernel build tools for the aarch64 test guests.
+# Tests: a cross compiler and kernel build tools for the aarch64 test guests,
+# and Debian's libvirt for the end-to-end test (run by hand, without systemd).
 APT_BUILD=(ninja-build pkg-config libglib2.0-dev libpixman-1-dev zlib1g-dev libfdt-dev
            libclang-dev bindgen device-tree-compiler ccache python3-venv flex bison
            seabios ipxe-qemu qemu-system-data git xz-utils ca-certificates
-           gcc-aarch64-linux-gnu make bc libssl-dev libelf-dev)
+           gcc-aarch64-linux-gnu make bc libssl-dev libelf-dev
+           libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients binutils util-linux)
 APT_EXTRA=("$@")
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

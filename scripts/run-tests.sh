@@ -7,7 +7,8 @@
 #      (both targets) and boot-serial (aarch64) qtests, QEMU's Rust suite
 #   4. real guests under TCG: a bare-metal aarch64 guest (stall detector) and
 #      Linux (Debian's x86 kernel; an arm64 kernel built from Debian's source,
-#      scripts/guest-kernels.sh) with the upstream drivers
+#      scripts/guest-kernels.sh) with the upstream drivers; real libvirt
+#      (Debian's libvirtd) driving our QEMU through a guest panic
 #
 # A test that cannot run counts as failed: nothing is skipped silently.
 # Expects a finished build (scripts/build.sh); builds the test programs itself.
@@ -103,6 +104,10 @@ QEMU_AARCH64=$VIGIL_BUILD/qemu-system-aarch64 STALL_GUEST_BUILD=$VIGIL_CACHE/sta
 QEMU_X86_64=$VIGIL_BUILD/qemu-system-x86_64 QEMU_AARCH64=$VIGIL_BUILD/qemu-system-aarch64 \
     run_checks "real guests: Linux on x86 q35 and arm64 virt (pvpanic, stall detector)" linux-guests \
     "$VIGIL_ROOT/tests/guest/pvpanic-guest-test.sh"
+
+QEMU_X86_64=$VIGIL_BUILD/qemu-system-x86_64 \
+    run_checks "real libvirt: <panic model='isa'/> with on_crash coredump-destroy" libvirt \
+    "$VIGIL_ROOT/tests/libvirt/libvirt-test.sh"
 
 if [ ${#failures[@]} -gt 0 ]; then
     log "failed:"; printf '  %s\n' "${failures[@]}" >&2

@@ -1,0 +1,346 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
+#
+# End-to-end test with real libvirt (Debian bookworm's packages, libvirt 9.0): vigil's
+# Rust pvpanic is a drop-in for QEMU's ISA pvpanic as far as libvirt is concerned.
+#
+#   1. Installs libvirt-daemon, libvirt-daemon-driver-qemu and libvirt-clients (plus
+#      binutils for readelf) with apt-get when missing.
+#   2. Runs its own libvirtd as root, without systemd, in a PRIVATE mount namespace
+#      (unshare --mount --propagation private) where private directories are bind-mounted
+#      over /etc/libvirt, /run/libvirt, /var/lib/libvirt, /var/log/libvirt and
+#      /var/cache/libvirt (for root the QEMU driver's paths, qemu.conf included, are
+#      compiled in). If the libvirt-qemu user/group are missing (libvirt 9.0's QEMU
+#      driver looks them up before it reads qemu.conf), a private copy of /etc/passwd
+#      and /etc/group with them added is bind-mounted too. Nothing on the host's file
+#      systems changes, except that a missing mount point among those directories is
+#      created as an empty directory and removed again on exit. The daemon's sockets
+#      live in a private directory ($tmp/sock) and virsh connects with
+#      qemu+unix:///system?socket=...; any other libvirtd is left alone.
+#      qemu.conf: user/group root, security_driver "none", cgroup_controllers [ ],
+#      namespaces [ ], stdio_handler "file", auto_dump_path = a private directory.
+#   3. Defines and starts a TCG domain (q35, 256 MiB, 1 vCPU) whose <emulator> is our
+#      QEMU build, direct kernel boot of the x86_64 guest from scripts/guest-kernels.sh
+#      (vigil.action=panic: sysrq c), serial console to a file,
+#      <panic model='isa'><address type='isa' iobase='0x505'/></panic> and
+#      <on_crash>coredump-destroy</on_crash>.
+#   4. Checks: libvirt accepted the panic device and put
+#      -device '{"driver":"pvpanic","ioport":1285}' on QEMU's command line; the guest's
+#      pvpanic driver bound ("vigil-guest: ready") and it panicked; libvirt saw the
+#      panic (lifecycle event "Crashed Panicked"); a memory-only ELF core of ~guest RAM
+#      size appeared in auto_dump_path; the domain ended "shut off (crashed)".
+#
+# Prints "PASS<TAB>name" or "FAIL<TAB>name" per check on stdout, details on stderr;
+# exits 0 when every check passed. Needs root. On exit the domain is destroyed and
+# undefined, the daemon is stopped and the scratch directory removed.
+#
+# Environment:
+#   QEMU_X86_64            QEMU binary (default ~/.cache/vigil/build/qemu-system-x86_64)
+#   X86_KERNEL, X86_INITRD the guest (default: from scripts/guest-kernels.sh)
+#   LIBVIRT_TEST_TIMEOUT   seconds for boot + panic + dump (default 150)
+#   LIBVIRT_TEST_KEEP=1    keep the scratch directory (logs, dump) for inspection
+set -uo pipefail
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+QEMU=${QEMU_X86_64:-$HOME/.cache/vigil/build/qemu-system-x86_64}
+TIMEOUT=${LIBVIRT_TEST_TIMEOUT:-150}
+NAME=vigil-pvpanic-libvirt
+GUEST_MIB=256
+
+T0=$(date +%s.%N)
+log() { printf '[libvirt-test %6.1f] %s\n' "$(awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN{print b-a}')" "$*" >&2; }
+failures=0
+pass() { printf 'PASS\t%s\n' "$1"; }
+fail() { printf 'FAIL\t%s\n' "$1"; failures=$((failures + 1)); }
+check() { # NAME CONDITION-STATUS [DETAIL]
+    if [ "$2" -eq 0 ]; then pass "$1"; else fail "$1"; fi
+    [ -n "${3:-}" ] && log "$([ "$2" -eq 0 ] && echo ok || echo NOT OK): $1: $3"
+    return 0
+}
+fatal() { # NAME DETAIL: a check that makes the rest pointless
+    fail "$1"; log "NOT OK: $1: $2"; exit 1
+}
+
+[ "$(id -u)" = 0 ] || { log "must run as root (runs its own libvirtd)"; exit 1; }
+
+# ---- 1. packages ----------------------------------------------------------------------
+PKGS=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients binutils util-linux)
+missing=()
+for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]} ..."
+    inst() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; }
+    if ! inst; then
+        apt-get update -q >&2 && inst || fatal "packages installed" "apt-get install ${missing[*]} failed"
+    fi
+fi
+pass "packages installed"
+log "libvirtd: $(libvirtd --version 2>&1), virsh $(virsh --version 2>&1)"
+
+# ---- the guest ------------------------------------------------------------------------
+[ -x "$QEMU" ] || fatal "QEMU build present" "$QEMU is not executable (build it first)"
+if [ -z "${X86_KERNEL:-}" ] || [ -z "${X86_INITRD:-}" ]; then
+    out=$(GUEST_KERNELS=x86_64 "$root/scripts/guest-kernels.sh") \
+        || fatal "guest prepared" "scripts/guest-kernels.sh failed"
+    X86_KERNEL=$(sed -n 's/^X86_KERNEL=//p' <<<"$out")
+    X86_INITRD=$(sed -n 's/^X86_INITRD=//p' <<<"$out")
+fi
+[ -f "$X86_KERNEL" ] && [ -f "$X86_INITRD" ] || fatal "guest prepared" "no kernel/initrd ($X86_KERNEL, $X86_INITRD)"
+
+# ---- scratch directory, cleanup ---------------------------------------------------------
+# One run at a time: runs share the (host) mount points created below.
+exec 9>/tmp/vigil-libvirt-test.lock
+flock -w 300 9 || fatal "libvirtd started" "another libvirt-test.sh holds /tmp/vigil-libvirt-test.lock"
+tmp=$(mktemp -d /tmp/vigil-libvirt.XXXXXX)
+chmod 755 "$tmp"
+URI="qemu+unix:///system?socket=$tmp/sock/libvirt-sock"
+daemon_pid=
+event_pid=
+created_dirs=()
+defined=
+
+vsh() { virsh -q -c "$URI" "$@"; }
+
+cleanup() {
+    set +e
+    if [ -n "$daemon_pid" ] && kill -0 "$daemon_pid" 2>/dev/null; then
+        if [ -n "$defined" ]; then
+            [ "$(vsh domstate "$NAME" 2>/dev/null)" = "shut off" ] || vsh destroy "$NAME" >/dev/null 2>&1
+            vsh undefine "$NAME" >/dev/null 2>&1 && log "domain $NAME undefined"
+        fi
+    fi
+    if [ -n "$event_pid" ]; then kill "$event_pid" 2>/dev/null; wait "$event_pid" 2>/dev/null; fi
+    # A QEMU that outlived the daemon (libvirt daemonizes it): its pid file is private.
+    local qpid
+    qpid=$(cat "$tmp/root/run/qemu/$NAME.pid" 2>/dev/null)
+    if [ -n "$qpid" ] && kill -0 "$qpid" 2>/dev/null && grep -q qemu "/proc/$qpid/cmdline" 2>/dev/null; then
+        kill -TERM "$qpid"; sleep 1; kill -KILL "$qpid" 2>/dev/null
+    fi
+    if [ -n "$daemon_pid" ]; then
+        kill -TERM "$daemon_pid" 2>/dev/null
+        for _ in $(seq 100); do kill -0 "$daemon_pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$daemon_pid" 2>/dev/null
+        wait "$daemon_pid" 2>/dev/null
+        log "libvirtd (pid $daemon_pid) stopped"
+    fi
+    # Mount points this script had to create on the host (empty ones only).
+    local d
+    for d in "${created_dirs[@]}"; do rmdir "$d" 2>/dev/null; done
+    if [ "${LIBVIRT_TEST_KEEP:-0}" = 1 ]; then
+        log "kept $tmp"
+    else
+        rm -rf "$tmp"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+show_logs() { # on failure: what the daemon, QEMU and the guest said
+    local f
+    for f in "$tmp/libvirtd.log" "$tmp/root/log/qemu/$NAME.log" "$tmp/serial.log" "$tmp/events.log"; do
+        [ -s "$f" ] || continue
+        log "---- tail of $f"
+        tail -n 25 "$f" | sed 's/^/    /' >&2
+    done
+}
+
+# ---- 2. private configuration and daemon ------------------------------------------------
+mkdir -p "$tmp"/{sock,dump,root/etc,root/run,root/lib,root/log,root/cache}
+chmod 700 "$tmp/sock"
+
+cat >"$tmp/libvirtd.conf" <<EOF
+unix_sock_dir = "$tmp/sock"
+unix_sock_rw_perms = "0700"
+unix_sock_ro_perms = "0700"
+unix_sock_admin_perms = "0700"
+auth_unix_rw = "none"
+auth_unix_ro = "none"
+log_outputs = "3:file:$tmp/libvirtd.log"
+EOF
+cat >"$tmp/root/etc/qemu.conf" <<EOF
+user = "root"
+group = "root"
+dynamic_ownership = 0
+remember_owner = 0
+security_driver = "none"
+cgroup_controllers = [ ]
+namespaces = [ ]
+stdio_handler = "file"
+auto_dump_path = "$tmp/dump"
+EOF
+
+# mount point (host path) -> private source
+binds=("/etc/libvirt:$tmp/root/etc" "/run/libvirt:$tmp/root/run" "/var/lib/libvirt:$tmp/root/lib"
+       "/var/log/libvirt:$tmp/root/log" "/var/cache/libvirt:$tmp/root/cache")
+for b in "${binds[@]}"; do
+    d=${b%%:*}
+    if [ ! -d "$d" ]; then
+        mkdir "$d" || fatal "libvirtd started" "cannot create mount point $d"
+        created_dirs+=("$d")
+    fi
+done
+[ ${#created_dirs[@]} -gt 0 ] && log "created empty mount points (removed on exit): ${created_dirs[*]}"
+
+# libvirt 9.0's QEMU driver resolves libvirt-qemu:libvirt-qemu before reading qemu.conf.
+if ! getent passwd libvirt-qemu >/dev/null || ! getent group libvirt-qemu >/dev/null; then
+    cp /etc/passwd "$tmp/passwd"; cp /etc/group "$tmp/group"
+    id=64055
+    while getent passwd "$id" >/dev/null || getent group "$id" >/dev/null; do id=$((id + 1)); done
+    getent group libvirt-qemu >/dev/null || echo "libvirt-qemu:x:$id:" >>"$tmp/group"
+    gid=$(awk -F: '$1 == "libvirt-qemu" { print $3 }' "$tmp/group")
+    getent passwd libvirt-qemu >/dev/null \
+        || echo "libvirt-qemu:x:$id:$gid:Libvirt Qemu:/var/lib/libvirt:/usr/sbin/nologin" >>"$tmp/passwd"
+    binds+=("/etc/passwd:$tmp/passwd" "/etc/group:$tmp/group")
+    log "libvirt-qemu user/group missing: private /etc/passwd and /etc/group in the daemon's namespace"
+fi
+
+# Runs inside the new mount namespace, then becomes libvirtd (same pid as unshare).
+cat >"$tmp/ns-start.sh" <<'EOF'
+set -eu
+host_ns=$1; tmp=$2; shift 2
+[ "$(readlink /proc/self/ns/mnt)" != "$host_ns" ] || { echo "not in a private mount namespace" >&2; exit 1; }
+for b in "$@"; do
+    mount --bind "${b#*:}" "${b%%:*}"
+done
+exec libvirtd --config "$tmp/libvirtd.conf" --pid-file "$tmp/libvirtd.pid"
+EOF
+
+log "starting libvirtd in a private mount namespace ..."
+unshare --mount --propagation private -- \
+    bash "$tmp/ns-start.sh" "$(readlink /proc/self/ns/mnt)" "$tmp" "${binds[@]}" \
+    >"$tmp/libvirtd.out" 2>&1 &
+daemon_pid=$!
+t=$(date +%s)
+until vsh list --all >/dev/null 2>&1; do
+    if ! kill -0 "$daemon_pid" 2>/dev/null; then
+        wait "$daemon_pid"; rc=$?
+        daemon_pid=
+        log "libvirtd exited ($rc): $(cat "$tmp/libvirtd.out")"; show_logs
+        fatal "libvirtd started" "the daemon exited"
+    fi
+    [ $(($(date +%s) - t)) -lt 30 ] || { show_logs; fatal "libvirtd started" "no answer on $URI within 30 s"; }
+    sleep 0.2
+done
+pass "libvirtd started"
+log "libvirtd pid $daemon_pid answers on $URI"
+
+# ---- 3. the domain -----------------------------------------------------------------------
+cat >"$tmp/domain.xml" <<EOF
+<domain type='qemu'>
+  <name>$NAME</name>
+  <memory unit='MiB'>$GUEST_MIB</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='q35'>hvm</type>
+    <kernel>$X86_KERNEL</kernel>
+    <initrd>$X86_INITRD</initrd>
+    <cmdline>console=ttyS0 panic=0 vigil.action=panic</cmdline>
+  </os>
+  <features><acpi/></features>
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>destroy</on_reboot>
+  <on_crash>coredump-destroy</on_crash>
+  <devices>
+    <emulator>$QEMU</emulator>
+    <serial type='file'>
+      <source path='$tmp/serial.log'/>
+      <target port='0'/>
+    </serial>
+    <panic model='isa'>
+      <address type='isa' iobase='0x505'/>
+    </panic>
+    <controller type='usb' model='none'/>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+EOF
+
+if ! vsh define "$tmp/domain.xml" >"$tmp/define.out" 2>&1; then
+    log "$(cat "$tmp/define.out")"; show_logs
+    fatal "domain defined with <panic model='isa'>" "virsh define failed"
+fi
+defined=1
+xml=$(vsh dumpxml "$NAME")
+panic_xml=$(sed -n "/<panic /,/<\/panic>/p" <<<"$xml")
+grep -q "model='isa'" <<<"$panic_xml" && grep -q "iobase='0x505'" <<<"$panic_xml"
+check "domain defined with <panic model='isa'>" $? "$(tr -s ' \n' ' ' <<<"$panic_xml")"
+
+# Lifecycle events, for the panic as libvirt saw it.
+virsh -c "$URI" event --all --loop --timestamp >"$tmp/events.log" 2>&1 &
+event_pid=$!
+sleep 0.5
+
+t_start=$(date +%s.%N)
+if ! vsh start "$NAME" >"$tmp/start.out" 2>&1; then
+    log "$(cat "$tmp/start.out")"; show_logs
+    fatal "domain started" "virsh start failed"
+fi
+check "domain started" 0 "$(cat "$tmp/start.out")"
+
+# ---- 4. checks ---------------------------------------------------------------------------
+domlog=$tmp/root/log/qemu/$NAME.log
+# The command line is logged one option per line (continued with backslashes).
+cmdline=$(cat "$domlog" 2>/dev/null)
+dev=$(grep -ao -- "-device '{\"driver\":\"pvpanic\"[^']*'" <<<"$cmdline")
+[ -n "$dev" ] && grep -q '"ioport":1285' <<<"$dev"
+check "QEMU command line has pvpanic at ioport 1285" $? "${dev:-no pvpanic -device in $domlog}"
+grep -q -- '^-no-shutdown' <<<"$cmdline"
+check "QEMU command line has -no-shutdown" $?
+
+deadline=$(($(date +%s) + TIMEOUT))
+ready= panicked= crashed_seen= state=
+while [ "$(date +%s)" -lt "$deadline" ]; do
+    [ -z "$ready" ] && grep -aq 'vigil-guest: ready' "$tmp/serial.log" 2>/dev/null \
+        && ready=1 && log "guest ready (pvpanic bound) after $(awk -v a="$t_start" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f s", b-a}')"
+    [ -z "$panicked" ] && grep -aq 'Kernel panic - not syncing' "$tmp/serial.log" 2>/dev/null \
+        && panicked=1 && log "guest panicked after $(awk -v a="$t_start" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f s", b-a}')"
+    state=$(vsh domstate --reason "$NAME" 2>/dev/null)
+    case $state in
+        "crashed (panicked)") [ -z "$crashed_seen" ] && log "domstate: $state (dump in progress)"; crashed_seen=1 ;;
+        "shut off"*) break ;;
+    esac
+    sleep 0.2
+done
+t_end=$(date +%s.%N)
+log "domain state after $(awk -v a="$t_start" -v b="$t_end" 'BEGIN{printf "%.1f s", b-a}'): $state"
+grep -a 'vigil-guest' "$tmp/serial.log" 2>/dev/null | sed 's/^/    serial: /' >&2
+
+[ -n "$ready" ]
+check "guest pvpanic driver bound (vigil-guest: ready)" $?
+[ -n "$panicked" ]
+check "guest panicked (sysrq c)" $? "$(grep -a -m1 'Kernel panic - not syncing' "$tmp/serial.log" 2>/dev/null | tr -d '\r')"
+sleep 0.5   # let the event stream catch up
+grep -q "lifecycle.*: Crashed Panicked" "$tmp/events.log"
+check "libvirt saw GUEST_PANICKED (event Crashed Panicked)" $? \
+    "$(grep -a "lifecycle" "$tmp/events.log" | tr -s ' ' | paste -sd '|' -)"
+
+# libvirt names it <id>-<name cut to 20 characters>-<timestamp> (the "short name").
+dumps=("$tmp"/dump/*-"${NAME:0:20}"-*)
+dump=${dumps[0]}
+if [ -f "$dump" ]; then
+    check "core dump written to auto_dump_path" 0 "$(basename "$dump") (${#dumps[@]} file(s))"
+    hdr=$(readelf -h "$dump" 2>&1)
+    rc=$?
+    [ $rc -eq 0 ] && grep -q 'Type:[[:space:]]*CORE' <<<"$hdr"
+    check "dump is an ELF core (readelf -h)" $? "$(grep -E 'Class|Type|Machine' <<<"$hdr" | tr -s ' ' | paste -sd ';' -)"
+    size=$(stat -c %s "$dump")
+    [ "$size" -ge $((GUEST_MIB * 1024 * 1024)) ] && [ "$size" -le $((GUEST_MIB * 1024 * 1024 + 32 * 1024 * 1024)) ]
+    check "dump size ~ guest RAM ($GUEST_MIB MiB)" $? "$size bytes"
+    log "dump program headers: $(readelf -lW "$dump" 2>/dev/null | grep -cE '^ +LOAD') LOAD, $(readelf -lW "$dump" 2>/dev/null | grep -cE '^ +NOTE') NOTE"
+else
+    check "core dump written to auto_dump_path" 1 "nothing in $tmp/dump: $(ls -la "$tmp/dump" | tr '\n' ' ')"
+    fail "dump is an ELF core (readelf -h)"
+    fail "dump size ~ guest RAM ($GUEST_MIB MiB)"
+fi
+
+[ "$state" = "shut off (crashed)" ]
+check "domain ended shut off (crashed)" $? "domstate --reason: ${state:-?}"
+
+[ "$failures" -eq 0 ] || show_logs
+log "done in $(awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f s", b-a}'): $failures failure(s)"
+[ "$failures" -eq 0 ]
