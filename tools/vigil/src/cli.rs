@@ -1,0 +1,227 @@
+//! The command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::endpoint::Endpoint;
+use crate::policy::{DumpFormat, Policies, Policy, StallStage};
+
+const AFTER_HELP: &str = "\
+Policies (named like libvirt's <on_crash>):
+  log               only log the event (the default for every event)
+  preserve          leave the VM as it is (paused, if QEMU paused it)
+  destroy           quit QEMU
+  restart           system_reset, then cont (also resumes a paused VM)
+  coredump-destroy  dump guest memory to --dump-dir, then destroy
+  coredump-restart  dump guest memory to --dump-dir, then restart
+A failed or refused dump leaves the VM as it is, as libvirt does.
+
+Events:
+  GUEST_PANICKED     --on-panic       (pvpanic; run QEMU with -action panic=pause
+                                       or -no-shutdown so that the VM is kept)
+  GUEST_CRASHLOADED  --on-crashloaded (the guest booted its crash kernel)
+  VCPU_STALL         --on-stall       (vcpu-stall-detector; stage chosen by --stall-stage)
+  WATCHDOG           --on-watchdog    (any watchdog; -action watchdog=pause keeps the VM)
+  SHUTDOWN           --on-shutdown    (guest-initiated only; with -no-shutdown)
+Every event, and every action, is logged.
+
+Dumps are written by QEMU to DIR/.<vm>-<UTCstamp>.<ext>.partial and renamed to
+DIR/<vm>-<UTCstamp>.<ext> once QEMU reports success; <vm> is the -name of the
+VM, or the socket's file name. QEMU must be able to write to DIR.
+
+Examples:
+  vigil --on-panic coredump-restart --dump-dir /var/lib/vigil/dumps unix:/run/vm/web1.qmp
+  vigil --on-panic coredump-restart --on-stall coredump-destroy --on-watchdog log \\
+        --dump-dir /srv/dumps --dump-format kdump-zlib --log-json /var/log/vigil.jsonl \\
+        unix:/run/vm/a.qmp unix:/run/vm/b.qmp tcp:127.0.0.1:4444
+
+Exit status: 0 when stopped by SIGINT, SIGTERM or SIGHUP (after the running
+action, if any), 1 on a fatal error (such as a dump format the QEMU cannot
+write), 2 on a usage error, 130 on a second signal.
+
+See docs/system/vigil.rst for the whole manual.";
+
+/// Watch QEMU QMP sockets and act on guest-health events.
+#[derive(Parser, Debug)]
+#[command(
+    name = "vigil",
+    version,
+    about = "Watch QEMU QMP sockets and act on guest-health events (dump, restart, destroy)",
+    long_about = "Watch one or more QEMU QMP sockets, for hosts without libvirt, and act on \
+guest-health events: GUEST_PANICKED, GUEST_CRASHLOADED, VCPU_STALL, WATCHDOG and SHUTDOWN. \
+Each event has a policy; a policy can dump guest memory (dump-guest-memory, atomically, \
+after a disk-space check) and then destroy or restart the VM. vigil reconnects to a QEMU \
+that restarts, waits for a socket that does not exist yet, and logs every event and action \
+as JSON lines and as one human line on stderr.",
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    /// QMP endpoints to watch: unix:PATH or tcp:HOST:PORT (QEMU: -qmp unix:PATH,server=on,wait=off)
+    #[arg(value_name = "ENDPOINT", required = true, value_parser = parse_endpoint)]
+    pub endpoints: Vec<Endpoint>,
+
+    /// Policy for GUEST_PANICKED
+    #[arg(long, value_name = "POLICY", default_value = "log")]
+    pub on_panic: Policy,
+
+    /// Policy for GUEST_CRASHLOADED
+    #[arg(long, value_name = "POLICY", default_value = "log")]
+    pub on_crashloaded: Policy,
+
+    /// Policy for VCPU_STALL (at the stage --stall-stage says)
+    #[arg(long, value_name = "POLICY", default_value = "log")]
+    pub on_stall: Policy,
+
+    /// Policy for WATCHDOG
+    #[arg(long, value_name = "POLICY", default_value = "log")]
+    pub on_watchdog: Policy,
+
+    /// Policy for a guest-initiated SHUTDOWN (host-initiated ones are only logged)
+    #[arg(long, value_name = "POLICY", default_value = "log")]
+    pub on_shutdown: Policy,
+
+    /// The VCPU_STALL stage that triggers --on-stall: action (the second expiry, when QEMU takes its watchdog action) or warning (the first)
+    #[arg(long, value_name = "STAGE", default_value = "action")]
+    pub stall_stage: StallStage,
+
+    /// Directory for dumps (created, mode 0700, if missing); required by the coredump-* policies
+    #[arg(long, value_name = "DIR")]
+    pub dump_dir: Option<PathBuf>,
+
+    /// Dump format; it is checked against query-dump-guest-memory-capability on connect
+    #[arg(long, value_name = "FORMAT", default_value = "elf")]
+    pub dump_format: DumpFormat,
+
+    /// Write JSON-lines records to stdout
+    #[arg(long)]
+    pub json: bool,
+
+    /// Append JSON-lines records to FILE
+    #[arg(long, value_name = "FILE")]
+    pub log_json: Option<PathBuf>,
+
+    /// No human-readable lines on stderr
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// First reconnect delay, in seconds; it doubles after each failed attempt
+    #[arg(long, value_name = "SECS", default_value = "0.1", value_parser = parse_secs)]
+    pub reconnect_min: Duration,
+
+    /// Longest reconnect delay, in seconds
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
+    pub reconnect_max: Duration,
+
+    /// Timeout for connecting, the QMP greeting and each command, in seconds
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    pub timeout: Duration,
+
+    /// How often to ask query-dump for progress during a dump, in seconds
+    #[arg(long, value_name = "SECS", default_value = "0.5", value_parser = parse_secs)]
+    pub progress_interval: Duration,
+}
+
+fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+    s.parse()
+}
+
+/// Seconds as a decimal number (`0.1`, `5`), from 1 ms to 1 day.
+pub fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(0.001..=86_400.0).contains(&v) {
+        return Err(format!("{s} s is out of range (0.001 to 86400)"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+impl Cli {
+    pub fn policies(&self) -> Policies {
+        Policies {
+            panic: self.on_panic,
+            crashloaded: self.on_crashloaded,
+            stall: self.on_stall,
+            watchdog: self.on_watchdog,
+            shutdown: self.on_shutdown,
+            stall_stage: self.stall_stage,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_a_full_command_line() {
+        let c = Cli::try_parse_from([
+            "vigil",
+            "--on-panic",
+            "coredump-restart",
+            "--on-stall",
+            "coredump-destroy",
+            "--on-watchdog",
+            "log",
+            "--stall-stage",
+            "warning",
+            "--dump-dir",
+            "/d",
+            "--dump-format",
+            "kdump-raw-zlib",
+            "--json",
+            "--reconnect-max",
+            "2.5",
+            "unix:/run/a.qmp",
+            "tcp:127.0.0.1:4444",
+        ])
+        .unwrap();
+        let p = c.policies();
+        assert_eq!(p.panic, Policy::CoredumpRestart);
+        assert_eq!(p.stall, Policy::CoredumpDestroy);
+        assert_eq!(p.watchdog, Policy::Log);
+        assert_eq!(p.shutdown, Policy::Log);
+        assert_eq!(p.stall_stage, StallStage::Warning);
+        assert_eq!(c.dump_format, DumpFormat::KdumpRawZlib);
+        assert_eq!(c.reconnect_max, Duration::from_millis(2500));
+        assert_eq!(c.reconnect_min, Duration::from_millis(100));
+        assert_eq!(c.endpoints.len(), 2);
+    }
+
+    #[test]
+    fn defaults_are_log() {
+        let c = Cli::try_parse_from(["vigil", "unix:/a"]).unwrap();
+        assert_eq!(c.policies(), Policies::default());
+        assert_eq!(c.dump_format, DumpFormat::Elf);
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        for args in [
+            &["vigil"][..],
+            &["vigil", "/no/prefix.sock"],
+            &["vigil", "--on-panic", "reboot", "unix:/a"],
+            &["vigil", "--on-panic", "coredump_restart", "unix:/a"],
+            &["vigil", "--dump-format", "kdump-gzip", "unix:/a"],
+            &["vigil", "--stall-stage", "never", "unix:/a"],
+            &["vigil", "--reconnect-max", "-1", "unix:/a"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn seconds() {
+        assert_eq!(parse_secs("0.1").unwrap(), Duration::from_millis(100));
+        assert!(parse_secs("0").is_err() && parse_secs("x").is_err() && parse_secs("1e9").is_err());
+    }
+}
