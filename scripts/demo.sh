@@ -39,3 +39,31 @@ python3 "$VIGIL_ROOT/scripts/qmp-events.py" "$tmp/qmp.sock" --only VCPU_STALL,WA
     --until STOP --timeout 90 --stall-report /machine/peripheral/stall --quit
 wait
 say "Done: CPU 1 was reported (warning, then action), CPU 0 never; the VM was paused for inspection."
+
+say "The whole loop: vigil dumps the stalled guest and brings it back"
+echo "  vigil --on-stall coredump-restart --dump-dir DIR unix:QMP  (tools/vigil; docs/system/vigil.rst)"
+(cd "$VIGIL_ROOT" && cargo build -q --release -p vigil)
+mkdir -p "$tmp/dumps"
+"$A64" -M virt -cpu cortex-a57 -smp 2 -m 128 -display none -nodefaults -name demo-vm \
+    -kernel "$guest/stall-guest.elf" \
+    -fw_cfg name=opt/vigil/stall-timeout,string=2 -fw_cfg name=opt/vigil/stall-pets,string=3 \
+    -device vcpu-stall-detector,id=stall -action watchdog=pause \
+    -chardev stdio,id=ser,signal=off -serial chardev:ser \
+    -qmp "unix:$tmp/loop.sock,server=on,wait=off" < /dev/null 2>&1 |
+    grep --line-buffered -E 'up, timeout|stop petting' | sed -u 's/^/  [guest] /' &
+"$VIGIL_ROOT/target/release/vigil" --on-stall coredump-restart --dump-dir "$tmp/dumps" \
+    "unix:$tmp/loop.sock" 2>&1 | sed -u 's/^/  [vigil] /' &
+vigil_pipe=$!
+# The guest stalls after 3 pets; warning after 2 s, action 2 s later, then
+# the dump and the reset: the guest's second "up" line shows it is back.
+for _ in $(seq 120); do
+    [ "$(ls "$tmp/dumps" | grep -vc partial)" -ge 1 ] && sleep 3 && break
+    sleep 0.5
+done
+ls -l "$tmp/dumps" | sed -n 's/^/  /p'
+readelf -h "$tmp/dumps"/demo-vm-* 2>/dev/null | grep -E 'Type|Machine' | sed 's/^/  /'
+pkill -f "name demo-vm" 2>/dev/null || true
+kill "$vigil_pipe" 2>/dev/null || true
+pkill -f "vigil --on-stall coredump-restart --dump-dir $tmp/dumps" 2>/dev/null || true
+wait 2>/dev/null || true
+say "Done: stalled, reported, dumped (an ELF core of the guest), reset, and back up."

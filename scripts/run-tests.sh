@@ -105,6 +105,15 @@ QEMU_X86_64=$VIGIL_BUILD/qemu-system-x86_64 QEMU_AARCH64=$VIGIL_BUILD/qemu-syste
     run_checks "real guests: Linux on x86 q35 and arm64 virt (pvpanic, stall detector)" linux-guests \
     "$VIGIL_ROOT/tests/guest/pvpanic-guest-test.sh"
 
+cargo build -q --release -p vigil --manifest-path "$VIGIL_ROOT/Cargo.toml" 2>"$logdir/vigil-build.log" ||
+    result "vigil builds" 1
+QEMU=$VIGIL_BUILD/qemu-system-x86_64 VIGIL_BIN=$VIGIL_ROOT/target/release/vigil \
+    run_checks "vigil against QEMU (dumps, reconnects, bad input)" vigil-e2e \
+    "$VIGIL_ROOT/tools/vigil/tests/e2e.sh"
+QEMU_X86_64=$VIGIL_BUILD/qemu-system-x86_64 QEMU_AARCH64=$VIGIL_BUILD/qemu-system-aarch64 \
+    VIGIL_BIN=$VIGIL_ROOT/target/release/vigil \
+    run_checks "vigil with real guests (panic: coredump-restart, stall: coredump-destroy)" vigil-guests \
+    "$VIGIL_ROOT/tests/guest/vigil-guest-test.sh"
 QEMU_X86_64=$VIGIL_BUILD/qemu-system-x86_64 \
     run_checks "real libvirt: <panic model='isa'/> with on_crash coredump-destroy" libvirt \
     "$VIGIL_ROOT/tests/libvirt/libvirt-test.sh"
