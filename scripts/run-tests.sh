@@ -40,10 +40,10 @@ run_checks() { # TITLE LOGNAME COMMAND...
     t0=$(now)
     log "$title"
     while IFS=$'\t' read -r status name; do
-        n=$((n + 1))
         case $status in
-            PASS) echo "ok   $name"; result "$name" 0 ;;
-            *)    echo "FAIL $name"; result "$name" 1 ;;
+            PASS) n=$((n + 1)); echo "ok   $name"; result "$name" 0 ;;
+            FAIL) n=$((n + 1)); echo "FAIL $name"; result "$name" 1 ;;
+            *)    echo "     $status${name:+ $name}" ;;   # the script's own summary
         esac
     done < <("$@" 2> "$logdir/$logname.log")
     if [ $n = 0 ]; then
