@@ -136,6 +136,29 @@ poweroff_action() {
 }
 check "stall-detector: -action watchdog=poweroff ends QEMU (exit 0) after the events" poweroff_action
 
+single_threaded_tcg() {
+    # -accel tcg,thread=single: both vCPUs share one host thread, so each
+    # bank counts that thread's CPU time. A healthy guest (both CPUs pet,
+    # budget 2 s) must get no event in 8 s; a stall must still be reported,
+    # for CPU 1 only.
+    local guest=$VIGIL_CACHE/stall-guest pets
+    make -s -C "$VIGIL_ROOT/tests/guest/stall-guest" O="$guest" || return 1
+    for pets in 0 3; do
+        timeout 60 "$A64" -M virt -cpu cortex-a57 -smp 2 -accel tcg,thread=single \
+            -display none -nodefaults -kernel "$guest/stall-guest.elf" \
+            -fw_cfg name=opt/vigil/stall-timeout,string=2 -fw_cfg "name=opt/vigil/stall-pets,string=$pets" \
+            -device vcpu-stall-detector -action watchdog=none \
+            -qmp "unix:$tmp/rr$pets.sock,server=on,wait=off" &
+        python3 "$VIGIL_ROOT/scripts/qmp-events.py" "$tmp/rr$pets.sock" --only VCPU_STALL \
+            --until VCPU_STALL --timeout "$([ $pets = 0 ] && echo 8 || echo 30)" --quit > "$tmp/rr$pets.events"
+        wait
+        echo "pets=$pets:"; cat "$tmp/rr$pets.events"
+    done
+    ! grep -q 'QMP event' "$tmp/rr0.events" &&
+        grep -q '"cpu-index": 1, .*"stage": "warning"' "$tmp/rr3.events"
+}
+check "stall-detector: single-threaded TCG: no false alarm, a stall still caught" single_threaded_tcg
+
 # --- pvpanic ---------------------------------------------------------------
 
 c_pvpanic_not_built() {

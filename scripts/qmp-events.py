@@ -75,6 +75,10 @@ def main():
                 break
     except socket.timeout:
         print("  (no %s within %.0f s)" % (a.until, a.timeout), flush=True)
+        # A stream that timed out cannot be read again: a new connection
+        # (QEMU takes the next client once this one is gone).
+        qmp.sock.close()
+        qmp = Qmp(a.socket)
     qmp.sock.settimeout(None)
     if a.stall_report:
         cpu = 0
