@@ -34,6 +34,38 @@ pub const STATUS_ENABLE: u32 = 1;
 
 const NS_PER_SEC: u128 = 1_000_000_000;
 
+/// Linux's driver accepts these `clock-frequency` and `timeout-sec` device
+/// tree values (outside them it warns and uses its own defaults).
+pub const DT_CLOCK_HZ: std::ops::RangeInclusive<u32> = 1..=99;
+pub const DT_TIMEOUT_SEC: std::ops::RangeInclusive<u32> = 1..=599;
+/// PPIs are numbered 0..15 in the device tree (INTIDs 16..31).
+pub const PPIS: std::ops::Range<i32> = 0..16;
+
+/// Checks the device's configuration: what it tells the guest in the
+/// device tree, and its interrupt. Errors name the property.
+pub fn validate_config(clock_hz: u32, timeout_sec: u32, ppi: i32) -> Result<(), String> {
+    if !DT_CLOCK_HZ.contains(&clock_hz) {
+        return Err(format!(
+            "property 'clock-frequency' must be {}..{} Hz (got {clock_hz}), the range Linux's driver accepts",
+            DT_CLOCK_HZ.start(),
+            DT_CLOCK_HZ.end()
+        ));
+    }
+    if !DT_TIMEOUT_SEC.contains(&timeout_sec) {
+        return Err(format!(
+            "property 'timeout-sec' must be {}..{} (got {timeout_sec}), the range Linux's driver accepts",
+            DT_TIMEOUT_SEC.start(),
+            DT_TIMEOUT_SEC.end()
+        ));
+    }
+    if ppi != -1 && !PPIS.contains(&ppi) {
+        return Err(format!(
+            "property 'ppi' must be a PPI number 0..15, or -1 for none (got {ppi})"
+        ));
+    }
+    Ok(())
+}
+
 /// The four registers of a bank.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Register {
@@ -415,6 +447,24 @@ mod tests {
         let o = b.write(Register::Status, 1, now);
         assert_eq!(o.error, None);
         b
+    }
+
+    #[test]
+    fn config_is_checked_naming_the_property() {
+        assert_eq!(validate_config(10, 8, 15), Ok(()));
+        assert_eq!(validate_config(1, 599, -1), Ok(()));
+        assert_eq!(validate_config(99, 1, 0), Ok(()));
+        for (hz, t, ppi, prop) in [
+            (0, 8, 15, "'clock-frequency'"),
+            (100, 8, 15, "'clock-frequency'"),
+            (10, 0, 15, "'timeout-sec'"),
+            (10, 600, 15, "'timeout-sec'"),
+            (10, 8, 16, "'ppi'"),
+            (10, 8, -2, "'ppi'"),
+        ] {
+            let e = validate_config(hz, t, ppi).unwrap_err();
+            assert!(e.contains(prop), "{e}");
+        }
     }
 
     #[test]

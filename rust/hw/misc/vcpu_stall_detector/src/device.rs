@@ -50,11 +50,6 @@ pub const MAX_BANKS: usize = 512;
 /// The MMIO region is a whole number of 4 KiB pages.
 const REGION_ALIGN: u64 = 0x1000;
 
-/// Linux's driver accepts these `clock-frequency` and `timeout-sec` values
-/// from the device tree (outside them it warns and uses its defaults).
-const DT_CLOCK_HZ: std::ops::RangeInclusive<u32> = 1..=99;
-const DT_TIMEOUT_SEC: std::ops::RangeInclusive<u32> = 1..=599;
-
 /// One device per machine: the guest driver binds one node.
 static REALIZED: AtomicBool = AtomicBool::new(false);
 
@@ -300,27 +295,8 @@ impl VcpuStallDetector {
     }
 
     fn realize(&self) -> util::Result<()> {
-        ensure!(
-            DT_CLOCK_HZ.contains(&self.clock_hz),
-            "vcpu-stall-detector: property 'clock-frequency' must be {}..{} Hz (got {}), \
-             the range Linux's driver accepts",
-            DT_CLOCK_HZ.start(),
-            DT_CLOCK_HZ.end(),
-            self.clock_hz
-        );
-        ensure!(
-            DT_TIMEOUT_SEC.contains(&self.timeout_sec),
-            "vcpu-stall-detector: property 'timeout-sec' must be {}..{} (got {}), \
-             the range Linux's driver accepts",
-            DT_TIMEOUT_SEC.start(),
-            DT_TIMEOUT_SEC.end(),
-            self.timeout_sec
-        );
-        ensure!(
-            self.ppi == -1 || (0..16).contains(&self.ppi),
-            "vcpu-stall-detector: property 'ppi' must be a PPI number 0..15, or -1 for none (got {})",
-            self.ppi
-        );
+        stall::validate_config(self.clock_hz, self.timeout_sec, self.ppi)
+            .map_err(|e| util::Error::msg(format!("vcpu-stall-detector: {e}")))?;
         let clock = self.clock_name.get();
         let Some(source) = Source::parse(clock.as_deref()) else {
             return Err(util::Error::format(format_args!(
