@@ -1,10 +1,12 @@
 //! The command line.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 
+use crate::config::PolicySet;
 use crate::endpoint::Endpoint;
 use crate::policy::{DumpFormat, Policies, Policy, StallStage};
 
@@ -31,13 +33,31 @@ Dumps are written by QEMU to DIR/.<vm>-<UTCstamp>.<ext>.partial and renamed to
 DIR/<vm>-<UTCstamp>.<ext> once QEMU reports success; <vm> is the -name of the
 VM, or the socket's file name. QEMU must be able to write to DIR.
 
+Fleets:
+  --config FILE      endpoints, per-VM names and policies, defaults (TOML);
+                     SIGHUP reloads it (connections that did not change stay)
+  --watch-dir DIR    watch every QMP socket that appears in DIR
+  --metrics ADDR:PORT  Prometheus metrics on http://ADDR:PORT/metrics
+  --notify CMD       run CMD (/bin/sh -c) for every event and action record:
+                     the JSON record on stdin, VIGIL_VM, VIGIL_EVENT,
+                     VIGIL_POLICY, VIGIL_TYPE, VIGIL_ACTION, VIGIL_STATUS,
+                     VIGIL_ENDPOINT in the environment
+  --max-dumps N      at most N dumps at once on the host; the others wait in order
+A policy comes from the endpoint's [[endpoint]] table, else the command line,
+else the file's [defaults], else log.
+
 Examples:
   vigil --on-panic coredump-restart --dump-dir /var/lib/vigil/dumps unix:/run/vm/web1.qmp
   vigil --on-panic coredump-restart --on-stall coredump-destroy --on-watchdog log \\
         --dump-dir /srv/dumps --dump-format kdump-zlib --log-json /var/log/vigil.jsonl \\
         unix:/run/vm/a.qmp unix:/run/vm/b.qmp tcp:127.0.0.1:4444
+  vigil --config /etc/vigil/vigil.toml --watch-dir /run/vm --dump-dir /var/lib/vigil/dumps \\
+        --metrics 127.0.0.1:9717 --notify /usr/local/bin/page-oncall --max-dumps 2
 
-Exit status: 0 when stopped by SIGINT, SIGTERM or SIGHUP (after the running
+Signals: SIGINT and SIGTERM stop vigil after the running actions; SIGHUP
+reloads --config and rescans --watch-dir.
+
+Exit status: 0 when stopped by SIGINT or SIGTERM (after the running
 action, if any), 1 on a fatal error (such as a dump format the QEMU cannot
 write), 2 on a usage error, 130 on a second signal.
 
@@ -59,32 +79,60 @@ as JSON lines and as one human line on stderr.",
 )]
 pub struct Cli {
     /// QMP endpoints to watch: unix:PATH or tcp:HOST:PORT (QEMU: -qmp unix:PATH,server=on,wait=off)
-    #[arg(value_name = "ENDPOINT", required = true, value_parser = parse_endpoint)]
+    #[arg(value_name = "ENDPOINT", required_unless_present_any = ["config", "watch_dir"], value_parser = parse_endpoint)]
     pub endpoints: Vec<Endpoint>,
 
-    /// Policy for GUEST_PANICKED
-    #[arg(long, value_name = "POLICY", default_value = "log")]
-    pub on_panic: Policy,
+    /// Policy for GUEST_PANICKED [default: log]
+    #[arg(long, value_name = "POLICY")]
+    pub on_panic: Option<Policy>,
 
-    /// Policy for GUEST_CRASHLOADED
-    #[arg(long, value_name = "POLICY", default_value = "log")]
-    pub on_crashloaded: Policy,
+    /// Policy for GUEST_CRASHLOADED [default: log]
+    #[arg(long, value_name = "POLICY")]
+    pub on_crashloaded: Option<Policy>,
 
-    /// Policy for VCPU_STALL (at the stage --stall-stage says)
-    #[arg(long, value_name = "POLICY", default_value = "log")]
-    pub on_stall: Policy,
+    /// Policy for VCPU_STALL (at the stage --stall-stage says) [default: log]
+    #[arg(long, value_name = "POLICY")]
+    pub on_stall: Option<Policy>,
 
-    /// Policy for WATCHDOG
-    #[arg(long, value_name = "POLICY", default_value = "log")]
-    pub on_watchdog: Policy,
+    /// Policy for WATCHDOG [default: log]
+    #[arg(long, value_name = "POLICY")]
+    pub on_watchdog: Option<Policy>,
 
-    /// Policy for a guest-initiated SHUTDOWN (host-initiated ones are only logged)
-    #[arg(long, value_name = "POLICY", default_value = "log")]
-    pub on_shutdown: Policy,
+    /// Policy for a guest-initiated SHUTDOWN (host-initiated ones are only logged) [default: log]
+    #[arg(long, value_name = "POLICY")]
+    pub on_shutdown: Option<Policy>,
 
-    /// The VCPU_STALL stage that triggers --on-stall: action (the second expiry, when QEMU takes its watchdog action) or warning (the first)
-    #[arg(long, value_name = "STAGE", default_value = "action")]
-    pub stall_stage: StallStage,
+    /// The VCPU_STALL stage that triggers --on-stall: action (the second expiry, when QEMU takes its watchdog action) or warning (the first) [default: action]
+    #[arg(long, value_name = "STAGE")]
+    pub stall_stage: Option<StallStage>,
+
+    /// TOML file of endpoints (per-VM names and policies) and defaults; reloaded on SIGHUP
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Watch the QMP sockets that appear in DIR (and forget those that go); may be repeated
+    #[arg(long, value_name = "DIR")]
+    pub watch_dir: Vec<PathBuf>,
+
+    /// Serve Prometheus metrics on http://ADDR:PORT/metrics (for example 127.0.0.1:9717)
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
+
+    /// Run CMD (with /bin/sh -c) for every event and action record: the JSON record on stdin, VIGIL_VM, VIGIL_EVENT, VIGIL_POLICY (and VIGIL_TYPE, VIGIL_ACTION, VIGIL_STATUS, VIGIL_ENDPOINT) in the environment
+    #[arg(long, value_name = "CMD")]
+    pub notify: Option<String>,
+
+    /// Kill a --notify command still running after SECS seconds
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    pub notify_timeout: Duration,
+
+    /// At most N --notify commands at once (records beyond a queue of 1024 are dropped and counted)
+    #[arg(long, value_name = "N", default_value = "4", value_parser = clap::value_parser!(u16).range(1..))]
+    pub notify_jobs: u16,
+
+    /// At most N dumps at once on this host; the others wait in order (0: no limit)
+    #[arg(long, value_name = "N", default_value = "2")]
+    pub max_dumps: usize,
 
     /// Directory for dumps (created, mode 0700, if missing); required by the coredump-* policies
     #[arg(long, value_name = "DIR")]
@@ -140,15 +188,21 @@ pub fn parse_secs(s: &str) -> Result<Duration, String> {
 }
 
 impl Cli {
-    pub fn policies(&self) -> Policies {
-        Policies {
-            panic: self.on_panic,
-            crashloaded: self.on_crashloaded,
-            stall: self.on_stall,
-            watchdog: self.on_watchdog,
-            shutdown: self.on_shutdown,
+    /// The policies given on the command line (the others unset).
+    pub fn policy_set(&self) -> PolicySet {
+        PolicySet {
+            on_panic: self.on_panic,
+            on_crashloaded: self.on_crashloaded,
+            on_stall: self.on_stall,
+            on_watchdog: self.on_watchdog,
+            on_shutdown: self.on_shutdown,
             stall_stage: self.stall_stage,
         }
+    }
+
+    /// The command line's policies over the defaults (`log`).
+    pub fn policies(&self) -> Policies {
+        self.policy_set().over(Policies::default())
     }
 }
 
@@ -195,6 +249,31 @@ mod tests {
         assert_eq!(c.reconnect_max, Duration::from_millis(2500));
         assert_eq!(c.reconnect_min, Duration::from_millis(100));
         assert_eq!(c.endpoints.len(), 2);
+        assert_eq!(c.max_dumps, 2);
+    }
+
+    #[test]
+    fn fleet_options() {
+        let c = Cli::try_parse_from([
+            "vigil",
+            "--config",
+            "/etc/vigil.toml",
+            "--watch-dir",
+            "/run/vm",
+            "--metrics",
+            "127.0.0.1:9717",
+            "--notify",
+            "logger -t vigil",
+            "--max-dumps",
+            "1",
+        ])
+        .unwrap();
+        assert!(c.endpoints.is_empty());
+        assert_eq!(c.metrics, Some("127.0.0.1:9717".parse().unwrap()));
+        assert_eq!(c.notify.as_deref(), Some("logger -t vigil"));
+        assert_eq!((c.max_dumps, c.notify_jobs), (1, 4));
+        assert!(Cli::try_parse_from(["vigil", "--metrics", "9717", "unix:/a"]).is_err());
+        assert!(Cli::try_parse_from(["vigil", "--notify-jobs", "0", "unix:/a"]).is_err());
     }
 
     #[test]

@@ -19,6 +19,16 @@ pub struct Ctx {
 
 pub struct Logger {
     inner: Mutex<Inner>,
+    /// `--notify`: event and action records are offered to it.
+    hook: std::sync::OnceLock<crate::hooks::Hook>,
+}
+
+/// The VM a record is about, from its `endpoint` and `vm` fields.
+pub fn ctx_of(rec: &Value) -> Option<Ctx> {
+    Some(Ctx {
+        endpoint: rec.get("endpoint")?.as_str()?.to_string(),
+        vm: rec.get("vm")?.as_str()?.to_string(),
+    })
 }
 
 struct Inner {
@@ -73,7 +83,13 @@ impl Logger {
                 bar_on_screen: false,
                 last_decile: HashMap::new(),
             }),
+            hook: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Installs the `--notify` hook (once).
+    pub fn set_hook(&self, hook: crate::hooks::Hook) {
+        let _ = self.hook.set(hook);
     }
 
     /// Writes one record to every JSON sink and, if given, a human line.
@@ -81,6 +97,22 @@ impl Logger {
     /// never stops the watcher.
     pub fn record(&self, ctx: Option<&Ctx>, kind: &str, fields: Value, human: Option<&str>) {
         let rec = make_record(SystemTime::now(), ctx, kind, fields);
+        self.write(&rec, ctx, human);
+        if kind == "event" || kind == "action" {
+            if let Some(dropped) = self.hook.get().and_then(|h| h.offer(&rec)) {
+                if dropped == 1 || dropped % 1000 == 0 {
+                    self.record(
+                        None,
+                        "warning",
+                        serde_json::json!({"warning": "--notify cannot keep up: records dropped", "dropped": dropped}),
+                        Some(&format!("--notify cannot keep up: {dropped} record(s) not passed on so far")),
+                    );
+                }
+            }
+        }
+    }
+
+    fn write(&self, rec: &Value, ctx: Option<&Ctx>, human: Option<&str>) {
         let mut line = rec.to_string();
         line.push('\n');
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());

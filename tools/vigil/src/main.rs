@@ -1,6 +1,5 @@
 //! `vigil`: watch QEMU QMP sockets and act on guest-health events.
 
-use std::collections::HashSet;
 use std::fs;
 use std::io::{IsTerminal, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -11,13 +10,17 @@ use std::sync::Arc;
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
 use serde_json::json;
-use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use vigil::cli::Cli;
 use vigil::dump::stale_partials;
+use vigil::error::ConfigError;
+use vigil::fleet::{self, Plan, Sources};
+use vigil::hooks::{self, HookConfig};
 use vigil::log::Logger;
-use vigil::watcher::{self, Config};
+use vigil::metrics::{self, Metrics};
+use vigil::watcher::{Config, Env};
 
 fn usage_error(kind: ErrorKind, msg: String) -> ! {
     Cli::command().error(kind, msg).exit()
@@ -40,31 +43,55 @@ fn prepare_dump_dir(dir: &Path) -> Result<PathBuf, String> {
     Ok(dir)
 }
 
+/// A fleet watcher holds a socket per VM: raise the soft limit on open files
+/// to the hard one.
+fn raise_nofile() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let policies = cli.policies();
 
-    if policies.any_dump() && cli.dump_dir.is_none() {
-        usage_error(
-            ErrorKind::MissingRequiredArgument,
-            "a coredump-* policy needs --dump-dir DIR".into(),
-        );
-    }
     if cli.reconnect_min > cli.reconnect_max {
         usage_error(
             ErrorKind::ValueValidation,
             "--reconnect-min is larger than --reconnect-max".into(),
         );
     }
-    let mut seen = HashSet::new();
-    for ep in &cli.endpoints {
-        if !seen.insert(ep.to_string()) {
-            usage_error(
-                ErrorKind::ArgumentConflict,
-                format!("endpoint {ep} given twice"),
-            );
+    let file = match cli.config.as_deref().map(vigil::config::load).transpose() {
+        Ok(f) => f,
+        Err(e) => usage_error(ErrorKind::ValueValidation, e.to_string()),
+    };
+    let sources = Sources {
+        endpoints: cli.endpoints.clone(),
+        policies: cli.policy_set(),
+        watch_dirs: cli.watch_dir.clone(),
+        config: cli.config.clone(),
+        have_dump_dir: cli.dump_dir.is_some(),
+    };
+    // The endpoints of the command line and the file, without the watched
+    // directories (looked at once running): usage errors first.
+    match fleet::desired(&sources, file.as_ref(), &[]) {
+        Ok(_) => {}
+        Err(e @ ConfigError::NeedsDumpDir) => {
+            usage_error(ErrorKind::MissingRequiredArgument, e.to_string())
         }
+        Err(e @ ConfigError::Duplicate(_)) => {
+            usage_error(ErrorKind::ArgumentConflict, e.to_string())
+        }
+        Err(e) => usage_error(ErrorKind::ValueValidation, e.to_string()),
     }
+    raise_nofile();
 
     let dump_dir = match cli.dump_dir.as_deref().map(prepare_dump_dir).transpose() {
         Ok(d) => d,
@@ -101,15 +128,14 @@ fn main() -> ExitCode {
     };
     let log = Arc::new(Logger::new(json_sinks, human, tty));
 
-    let cfg = Arc::new(Config {
-        policies,
+    let cfg = Config {
         dump_dir,
         dump_format: cli.dump_format,
         reconnect_min: cli.reconnect_min,
         reconnect_max: cli.reconnect_max,
         timeout: cli.timeout,
         poll_interval: cli.progress_interval,
-    });
+    };
 
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -121,27 +147,80 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    rt.block_on(run(cli, cfg, log))
+    ExitCode::from(rt.block_on(run(cli, sources, file, cfg, log)))
 }
 
-async fn run(cli: Cli, cfg: Arc<Config>, log: Arc<Logger>) -> ExitCode {
-    let p = &cfg.policies;
+async fn run(
+    cli: Cli,
+    sources: Sources,
+    file: Option<vigil::config::FleetConfig>,
+    cfg: Config,
+    log: Arc<Logger>,
+) -> u8 {
+    let metrics = Arc::new(Metrics::new());
+    let root = CancellationToken::new();
+    let hooks_tracker = TaskTracker::new();
+
+    let listener = match cli.metrics {
+        Some(addr) => match metrics::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log.record(
+                    None,
+                    "error",
+                    json!({"error": format!("--metrics {addr}: {e}")}),
+                    Some(&format!("cannot serve metrics on {addr}: {e}")),
+                );
+                return 1;
+            }
+        },
+        None => None,
+    };
+    if let Some(cmd) = &cli.notify {
+        log.set_hook(hooks::start(
+            HookConfig {
+                command: cmd.clone(),
+                timeout: cli.notify_timeout,
+                jobs: cli.notify_jobs as usize,
+            },
+            Arc::downgrade(&log),
+            metrics.clone(),
+            hooks_tracker.clone(),
+            root.clone(),
+        ));
+    }
+
+    let base = fleet::base_policies(&sources, file.as_ref());
+    let p = &base;
+    let mut endpoints: Vec<String> = sources.endpoints.iter().map(|e| e.to_string()).collect();
+    endpoints.extend(
+        file.iter()
+            .flat_map(|f| f.endpoints.iter().map(|e| e.endpoint.to_string())),
+    );
+    let dirs = fleet::watch_dirs(&sources, file.as_ref());
     log.record(
         None,
         "startup",
         json!({
             "version": env!("CARGO_PKG_VERSION"),
-            "endpoints": cli.endpoints.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            "endpoints": endpoints,
+            "watch-dirs": dirs,
+            "config": cli.config,
             "policies": {
                 "panic": p.panic.name(), "crashloaded": p.crashloaded.name(), "stall": p.stall.name(),
                 "watchdog": p.watchdog.name(), "shutdown": p.shutdown.name(),
                 "stall-stage": format!("{:?}", p.stall_stage).to_lowercase(),
             },
             "dump-dir": cfg.dump_dir, "dump-format": cfg.dump_format.qapi_name(),
+            "max-dumps": cli.max_dumps,
+            "metrics": listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()),
+            "notify": cli.notify.is_some(),
         }),
         Some(&format!(
-            "watching {} endpoint(s): panic={} crashloaded={} stall={} watchdog={} shutdown={}",
-            cli.endpoints.len(), p.panic, p.crashloaded, p.stall, p.watchdog, p.shutdown
+            "watching {} endpoint(s){}: panic={} crashloaded={} stall={} watchdog={} shutdown={}",
+            endpoints.len(),
+            if dirs.is_empty() { String::new() } else { format!(" and {} director(ies)", dirs.len()) },
+            p.panic, p.crashloaded, p.stall, p.watchdog, p.shutdown
         )),
     );
     if let Some(dir) = &cfg.dump_dir {
@@ -157,88 +236,18 @@ async fn run(cli: Cli, cfg: Arc<Config>, log: Arc<Logger>) -> ExitCode {
             );
         }
     }
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stop_tx = Arc::new(stop_tx);
-
-    // SIGINT/SIGTERM/SIGHUP: stop (after a running action); a second one: exit now.
-    let (mut sigint, mut sigterm, mut sighup) = match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) {
-        (Ok(a), Ok(b), Ok(c)) => (a, b, c),
-        _ => {
-            eprintln!("vigil: error: cannot install signal handlers");
-            return ExitCode::from(1);
-        }
-    };
-    {
-        let stop_tx = stop_tx.clone();
-        let log = log.clone();
-        tokio::spawn(async move {
-            let mut n = 0;
-            loop {
-                let name = tokio::select! {
-                    _ = sigint.recv() => "SIGINT",
-                    _ = sigterm.recv() => "SIGTERM",
-                    _ = sighup.recv() => "SIGHUP",
-                };
-                n += 1;
-                if n >= 2 {
-                    log.record(
-                        None,
-                        "shutdown",
-                        json!({"status": "forced", "signal": name}),
-                        Some(&format!("{name} again: exiting now")),
-                    );
-                    std::process::exit(130);
-                }
-                log.record(
-                    None,
-                    "shutdown",
-                    json!({"status": "stopping", "signal": name}),
-                    Some(&format!("{name}: stopping")),
-                );
-                let _ = stop_tx.send(true);
-            }
-        });
+    if let Some(l) = listener {
+        tokio::spawn(metrics::serve(l, metrics.clone(), root.clone()));
     }
 
-    let mut set = tokio::task::JoinSet::new();
-    for ep in cli.endpoints {
-        set.spawn(watcher::watch(
-            ep,
-            cfg.clone(),
-            log.clone(),
-            stop_rx.clone(),
-        ));
-    }
-    let mut code = 0u8;
-    while let Some(r) = set.join_next().await {
-        let fatal = match r {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e),
-            Err(e) => Some(format!("watcher failed: {e}")),
-        };
-        if let Some(e) = fatal {
-            if code == 0 {
-                log.record(
-                    None,
-                    "shutdown",
-                    json!({"status": "fatal", "error": e}),
-                    Some(&format!("fatal: {e}; stopping")),
-                );
-            }
-            code = 1;
-            let _ = stop_tx.send(true);
-        }
-    }
-    log.record(
-        None,
-        "shutdown",
-        json!({"status": "exited", "code": code}),
-        None,
-    );
-    ExitCode::from(code)
+    let env = Env::new(cfg, log, metrics, cli.max_dumps);
+    fleet::run(Plan {
+        sources,
+        file,
+        env,
+        hooks: hooks_tracker,
+        hook_timeout: cli.notify_timeout,
+        root,
+    })
+    .await
 }

@@ -9,8 +9,13 @@
 //! here are `serde_json::Value`s and the reader never gives up on a bad line.
 //!
 //! The client sends each command with a numeric `id` and matches responses by
-//! it; everything else the server sends goes to subscribers as a [`Notice`]:
-//! events, malformed lines and unexpected messages, which the watcher logs.
+//! it; everything else the server sends goes, as a [`Notice`], to the
+//! session's [`Queue`] (events, malformed lines and unexpected messages, all
+//! of them, in order: nothing is dropped, see `queue.rs`), and events also to
+//! the actions that wait for one ([`Client::subscribe`]).
+//!
+//! The replies vigil reads are decoded into the typed structures below
+//! ([`Client::query`]); events stay plain JSON.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -19,12 +24,69 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
 use crate::endpoint::{Endpoint, ReadHalf, WriteHalf};
+use crate::queue::Queue;
+
+/// The session's view of a connection's notices.
+pub type Events = Arc<Queue>;
+
+/// How many events an action's subscription holds before it drops (an action
+/// waits for one `RESET` or `DUMP_COMPLETED`; the session queue has them all).
+const SUBSCRIPTION: usize = 256;
+
+/// `query-name`
+#[derive(Debug, Default, Deserialize)]
+pub struct NameInfo {
+    pub name: Option<String>,
+}
+
+/// `query-status`
+#[derive(Debug, Deserialize)]
+pub struct StatusInfo {
+    pub status: String,
+    #[serde(default)]
+    pub running: bool,
+}
+
+/// `query-memory-size-summary`
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct MemorySizeSummary {
+    #[serde(default)]
+    pub base_memory: u64,
+    #[serde(default)]
+    pub plugged_memory: u64,
+}
+
+/// `query-dump-guest-memory-capability`
+#[derive(Debug, Deserialize)]
+pub struct DumpCapability {
+    pub formats: Vec<String>,
+}
+
+/// `query-dump`, and the `result` of `DUMP_COMPLETED`
+#[derive(Debug, Deserialize)]
+pub struct DumpQueryResult {
+    pub status: String,
+    #[serde(default)]
+    pub completed: u64,
+    #[serde(default)]
+    pub total: u64,
+}
+
+/// The data of `DUMP_COMPLETED`
+#[derive(Debug, Deserialize)]
+pub struct DumpCompleted {
+    pub result: DumpQueryResult,
+    pub error: Option<String>,
+}
 
 /// Longest line accepted from the server; longer ones are dropped (and
 /// reported), the connection goes on.
@@ -62,6 +124,11 @@ pub enum QmpError {
     },
     Timeout(&'static str),
     Disconnected,
+    /// The reply is not what the command returns.
+    Decode {
+        command: String,
+        error: String,
+    },
 }
 
 impl fmt::Display for QmpError {
@@ -72,6 +139,9 @@ impl fmt::Display for QmpError {
             QmpError::Command { class, desc } => write!(f, "{desc} ({class})"),
             QmpError::Timeout(what) => write!(f, "timed out waiting for {what}"),
             QmpError::Disconnected => write!(f, "connection closed"),
+            QmpError::Decode { command, error } => {
+                write!(f, "unexpected answer to {command}: {error}")
+            }
         }
     }
 }
@@ -94,8 +164,10 @@ struct Pending {
 
 struct Shared {
     pending: Mutex<Pending>,
-    /// The only sender; dropped by the reader at EOF so subscribers see `Closed`.
-    notices: Mutex<Option<broadcast::Sender<Notice>>>,
+    /// Every notice, for the session; closed by the reader at EOF.
+    queue: Events,
+    /// Actions waiting for an event; dropped by the reader at EOF.
+    subscribers: Mutex<Option<Vec<mpsc::Sender<QmpEvent>>>>,
 }
 
 /// A negotiated QMP connection. Dropping it closes the connection.
@@ -257,10 +329,7 @@ impl Client {
     /// Connects to `ep`, reads the greeting and negotiates capabilities.
     /// Returns the client and a subscription that sees every notice from the
     /// first one on.
-    pub async fn connect(
-        ep: &Endpoint,
-        timeout: Duration,
-    ) -> Result<(Client, broadcast::Receiver<Notice>), QmpError> {
+    pub async fn connect(ep: &Endpoint, timeout: Duration) -> Result<(Client, Events), QmpError> {
         let (r, w) = match tokio::time::timeout(timeout, ep.connect()).await {
             Ok(rw) => rw?,
             Err(_) => return Err(QmpError::Timeout("the connection")),
@@ -273,7 +342,7 @@ impl Client {
         r: ReadHalf,
         w: WriteHalf,
         timeout: Duration,
-    ) -> Result<(Client, broadcast::Receiver<Notice>), QmpError> {
+    ) -> Result<(Client, Events), QmpError> {
         let mut reader = BufReader::new(r);
         let mut buf = Vec::new();
         let greeting = tokio::time::timeout(timeout, async {
@@ -301,10 +370,11 @@ impl Client {
         .await
         .map_err(|_| QmpError::Timeout("the QMP greeting (is another client connected?)"))??;
 
-        let (tx, rx) = broadcast::channel(1024);
+        let queue: Events = Arc::new(Queue::new());
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
-            notices: Mutex::new(Some(tx)),
+            queue: queue.clone(),
+            subscribers: Mutex::new(Some(Vec::new())),
         });
         let reader_task = tokio::spawn(read_loop(reader, shared.clone()));
         let client = Client {
@@ -316,7 +386,7 @@ impl Client {
             timeout,
         };
         client.execute("qmp_capabilities", None).await?;
-        Ok((client, rx))
+        Ok((client, queue))
     }
 
     /// The server's greeting (`{"QMP": {"version": ..., "capabilities": [...]}}`).
@@ -335,12 +405,28 @@ impl Client {
         ))
     }
 
-    /// A new subscription to events and other notices (from now on).
-    pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
-        match &*self.shared.notices.lock().unwrap() {
-            Some(tx) => tx.subscribe(),
-            None => broadcast::channel(1).1, // closed at once
+    /// A new subscription to events (from now on), for an action that waits
+    /// for one; `recv` gives `None` once the connection closed.
+    pub fn subscribe(&self) -> mpsc::Receiver<QmpEvent> {
+        let (tx, rx) = mpsc::channel(SUBSCRIPTION);
+        if let Some(subs) = &mut *self.shared.subscribers.lock().unwrap() {
+            subs.retain(|s| !s.is_closed());
+            subs.push(tx);
         }
+        rx
+    }
+
+    /// Runs `command` and decodes its reply.
+    pub async fn query<T: DeserializeOwned>(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> Result<T, QmpError> {
+        let v = self.execute(command, arguments).await?;
+        serde_json::from_value(v).map_err(|e| QmpError::Decode {
+            command: command.to_string(),
+            error: e.to_string(),
+        })
     }
 
     /// Whether the connection has closed.
@@ -396,30 +482,46 @@ impl Client {
 
 async fn read_loop(mut reader: BufReader<ReadHalf>, shared: Arc<Shared>) {
     let mut buf = Vec::new();
-    let notify = |n: Notice| {
-        if let Some(tx) = &*shared.notices.lock().unwrap() {
-            let _ = tx.send(n);
-        }
-    };
+    let queue = shared.queue.clone();
     loop {
+        let size = buf.len();
         match read_line(&mut reader, &mut buf, MAX_LINE).await {
             Err(e) => {
-                notify(Notice::Unexpected(format!("read error: {e}")));
+                queue
+                    .push(Notice::Unexpected(format!("read error: {e}")), 64)
+                    .await;
                 break;
             }
             Ok(Line::Eof) => break,
-            Ok(Line::TooLong(n)) => notify(Notice::Malformed(format!(
-                "{n}-byte line (over {MAX_LINE}) dropped"
-            ))),
+            Ok(Line::TooLong(n)) => {
+                queue
+                    .push(
+                        Notice::Malformed(format!("{n}-byte line (over {MAX_LINE}) dropped")),
+                        64,
+                    )
+                    .await;
+            }
             Ok(Line::Line) => match parse_message(&buf) {
                 Message::Blank => {}
-                Message::Event(e) => notify(Notice::Event(e)),
-                Message::Malformed(s) => notify(Notice::Malformed(s)),
-                Message::Unexpected(s) => notify(Notice::Unexpected(s)),
-                Message::Greeting(_) => notify(Notice::Unexpected(format!(
-                    "second greeting: {}",
-                    excerpt(&buf)
-                ))),
+                Message::Event(e) => {
+                    if let Some(subs) = &mut *shared.subscribers.lock().unwrap() {
+                        subs.retain(|s| !s.is_closed());
+                        for s in subs.iter() {
+                            let _ = s.try_send(e.clone());
+                        }
+                    }
+                    queue.push(Notice::Event(e), size.max(buf.len())).await;
+                }
+                Message::Malformed(s) => {
+                    queue.push(Notice::Malformed(s), buf.len()).await;
+                }
+                Message::Unexpected(s) => {
+                    queue.push(Notice::Unexpected(s), buf.len()).await;
+                }
+                Message::Greeting(_) => {
+                    let n = Notice::Unexpected(format!("second greeting: {}", excerpt(&buf)));
+                    queue.push(n, buf.len()).await;
+                }
                 Message::Response { id, reply } => {
                     let waiter = id
                         .as_ref()
@@ -431,10 +533,13 @@ async fn read_loop(mut reader: BufReader<ReadHalf>, shared: Arc<Shared>) {
                                 reply.map_err(|(class, desc)| QmpError::Command { class, desc }),
                             );
                         }
-                        None => notify(Notice::Unexpected(format!(
-                            "response to no pending command: {}",
-                            excerpt(&buf)
-                        ))),
+                        None => {
+                            let n = Notice::Unexpected(format!(
+                                "response to no pending command: {}",
+                                excerpt(&buf)
+                            ));
+                            queue.push(n, buf.len()).await;
+                        }
                     }
                 }
             },
@@ -449,7 +554,8 @@ async fn read_loop(mut reader: BufReader<ReadHalf>, shared: Arc<Shared>) {
     for (_, tx) in waiting {
         let _ = tx.send(Err(QmpError::Disconnected));
     }
-    shared.notices.lock().unwrap().take();
+    shared.subscribers.lock().unwrap().take();
+    queue.close();
 }
 
 #[cfg(test)]
@@ -544,7 +650,7 @@ mod tests {
             _ => (json!({"return": {}}), vec![]),
         })
         .await;
-        let (c, mut rx) = Client::connect(&fake.endpoint(), Duration::from_secs(5))
+        let (c, rx) = Client::connect(&fake.endpoint(), Duration::from_secs(5))
             .await
             .unwrap();
         assert_eq!(c.qemu_version().as_deref(), Some("10.2.2"));
@@ -566,6 +672,7 @@ mod tests {
                 .await
                 .unwrap()
                 .unwrap()
+                .notice
             {
                 Notice::Malformed(_) => malformed += 1,
                 Notice::Unexpected(_) => unexpected += 1,
@@ -581,12 +688,10 @@ mod tests {
         assert_eq!(c.execute("query-name", None).await.unwrap()["name"], "web1");
         assert!(!c.is_closed());
         fake.close();
-        assert!(matches!(
-            tokio::time::timeout(Duration::from_secs(5), rx.recv())
-                .await
-                .unwrap(),
-            Err(broadcast::error::RecvError::Closed)
-        ));
+        assert!(tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .is_none());
         assert!(matches!(
             c.execute("query-name", None).await,
             Err(QmpError::Disconnected)

@@ -1,24 +1,29 @@
-//! One watcher per QMP endpoint: connect (and reconnect with backoff), log
-//! every event, and run the configured policy, at most one action at a time.
+//! One watcher per QMP endpoint: connect, and reconnect with backoff, for
+//! as long as the endpoint is watched. What a connection does is in
+//! `session.rs`; the actions in `actions.rs` and `dumper.rs`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use tokio::sync::{broadcast, watch};
-use tokio::task::JoinHandle;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::backoff::Backoff;
-use crate::dump::{self, DumpPaths};
+use crate::dumper::DumpSlots;
 use crate::endpoint::Endpoint;
+use crate::error::WatchError;
 use crate::log::{Ctx, Logger};
-use crate::policy::{decide, Decision, DumpFormat, Finish, Policies, Policy};
-use crate::qmp::{Client, Notice, QmpError};
+use crate::metrics::{EndpointLabels, Metrics};
+use crate::policy::{DumpFormat, Policies};
+use crate::qmp::Client;
+use crate::session::{session, SessionEnd};
 
+/// Settings of the whole process.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub policies: Policies,
     /// Where dumps go (absolute; required when a policy dumps).
     pub dump_dir: Option<PathBuf>,
     pub dump_format: DumpFormat,
@@ -33,7 +38,6 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            policies: Policies::default(),
             dump_dir: None,
             dump_format: DumpFormat::Elf,
             reconnect_min: Duration::from_millis(100),
@@ -44,45 +48,87 @@ impl Default for Config {
     }
 }
 
-/// How a session ended.
-enum SessionEnd {
-    Disconnected,
-    Stopped,
+/// What is watched at one endpoint; may change while it is watched (a
+/// configuration reload), without reconnecting.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Target {
+    /// The VM's name, instead of QEMU's `-name` (from `--config`).
+    pub name: Option<String>,
+    pub policies: Policies,
 }
 
-/// Watches `ep` until `stop` becomes true. `Err` is a fatal error (the QEMU
-/// cannot write the configured dump format).
+/// What every watcher shares.
+#[derive(Clone)]
+pub struct Env {
+    pub cfg: Arc<Config>,
+    pub log: Arc<Logger>,
+    pub metrics: Arc<Metrics>,
+    pub dumps: Arc<DumpSlots>,
+    /// The running actions (stopping waits for them).
+    pub tracker: TaskTracker,
+}
+
+impl Env {
+    pub fn new(cfg: Config, log: Arc<Logger>, metrics: Arc<Metrics>, max_dumps: usize) -> Env {
+        Env {
+            cfg: Arc::new(cfg),
+            log,
+            metrics,
+            dumps: Arc::new(DumpSlots::new(max_dumps)),
+            tracker: TaskTracker::new(),
+        }
+    }
+}
+
+/// Watches `ep` until `cancel`. `Err` is a fatal error (the QEMU cannot
+/// write the configured dump format).
 pub async fn watch(
     ep: Endpoint,
-    cfg: Arc<Config>,
-    log: Arc<Logger>,
-    mut stop: watch::Receiver<bool>,
-) -> Result<(), String> {
+    env: Env,
+    target: watch::Receiver<Target>,
+    cancel: CancellationToken,
+) -> Result<(), WatchError> {
+    let cfg = &env.cfg;
+    let log = &env.log;
     let mut backoff = Backoff::new(cfg.reconnect_min, cfg.reconnect_max);
     let mut ctx = Ctx {
         endpoint: ep.to_string(),
-        vm: ep.fallback_name(),
+        vm: target
+            .borrow()
+            .name
+            .clone()
+            .unwrap_or_else(|| ep.fallback_name()),
     };
     let mut last_error: Option<String> = None;
+    let mut connections = 0u64;
     loop {
-        if *stop.borrow() {
+        if cancel.is_cancelled() {
             return Ok(());
         }
         let attempt = tokio::select! {
             r = Client::connect(&ep, cfg.timeout) => r,
-            _ = stop.changed() => return Ok(()),
+            _ = cancel.cancelled() => return Ok(()),
         };
         match attempt {
             Ok((client, rx)) => {
                 last_error = None;
+                connections += 1;
+                if connections > 1 {
+                    env.metrics
+                        .reconnects
+                        .get_or_create(&EndpointLabels {
+                            endpoint: ctx.endpoint.clone(),
+                        })
+                        .inc();
+                }
                 let started = Instant::now();
                 match session(
                     client,
                     rx,
                     &mut ctx,
-                    &cfg,
-                    &log,
-                    &mut stop,
+                    &env,
+                    &target,
+                    &cancel,
                     ep.fallback_name(),
                 )
                 .await?
@@ -124,487 +170,7 @@ pub async fn watch(
         let delay = backoff.next_delay();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = stop.changed() => return Ok(()),
-        }
-    }
-}
-
-fn compact(v: &Value) -> String {
-    let s = v.to_string();
-    if s.chars().count() > 160 {
-        format!("{}...", s.chars().take(160).collect::<String>())
-    } else {
-        s
-    }
-}
-
-fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-struct Running {
-    handle: JoinHandle<()>,
-    what: String,
-}
-
-struct Session<'a> {
-    client: Arc<Client>,
-    ctx: Ctx,
-    cfg: &'a Arc<Config>,
-    log: &'a Arc<Logger>,
-    running: Option<Running>,
-}
-
-async fn session(
-    client: Client,
-    mut rx: broadcast::Receiver<Notice>,
-    ctx: &mut Ctx,
-    cfg: &Arc<Config>,
-    log: &Arc<Logger>,
-    stop: &mut watch::Receiver<bool>,
-    fallback_name: String,
-) -> Result<SessionEnd, String> {
-    let client = Arc::new(client);
-
-    // The VM's name, for logs and dump file names (a QEMU started again on
-    // the same socket may have another name, or none).
-    ctx.vm = fallback_name;
-    if let Ok(r) = client.execute("query-name", None).await {
-        if let Some(n) = r
-            .get("name")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
-        {
-            ctx.vm = n.to_string();
-        }
-    }
-    let version = client.qemu_version().unwrap_or_else(|| "unknown".into());
-
-    // A dump format this QEMU cannot write is a configuration error: say so now,
-    // not when a guest crashes.
-    if cfg.policies.any_dump() {
-        match client
-            .execute("query-dump-guest-memory-capability", None)
-            .await
-        {
-            Ok(r) if r["formats"].is_array() => {
-                let formats: Vec<&str> = r["formats"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(Value::as_str).collect())
-                    .unwrap_or_default();
-                let want = cfg.dump_format.qapi_name();
-                if !formats.contains(&want) {
-                    let msg = format!(
-                        "QEMU {version} at {} cannot write dump format {want} (it supports: {})",
-                        ctx.endpoint,
-                        formats.join(", ")
-                    );
-                    log.record(
-                        Some(ctx),
-                        "error",
-                        json!({"error": msg, "dump-format": want, "supported": formats}),
-                        Some(&msg),
-                    );
-                    return Err(msg);
-                }
-            }
-            Err(QmpError::Disconnected) => return Ok(SessionEnd::Disconnected),
-            other => {
-                let e = match other {
-                    Err(e) => e.to_string(),
-                    Ok(r) => format!("unexpected answer {}", compact(&r)),
-                };
-                log.record(
-                    Some(ctx),
-                    "warning",
-                    json!({"warning": format!("query-dump-guest-memory-capability: {e}")}),
-                    Some(&format!("cannot check the dump formats: {e}")),
-                )
-            }
-        }
-    }
-
-    log.record(
-        Some(ctx),
-        "connection",
-        json!({"status": "connected", "qemu-version": version}),
-        Some(&format!("connected to {} (QEMU {version})", ctx.endpoint)),
-    );
-
-    let mut s = Session {
-        client: client.clone(),
-        ctx: ctx.clone(),
-        cfg,
-        log,
-        running: None,
-    };
-
-    // Events missed while vigil was not connected: a VM found stopped by a
-    // panic or a watchdog gets the policy it would have got.
-    if let Ok(st) = client.execute("query-status", None).await {
-        let missed = match st["status"].as_str() {
-            Some("guest-panicked") => Some(("GUEST_PANICKED", json!({"action": "pause"}))),
-            Some("watchdog") => Some(("WATCHDOG", json!({"action": "pause"}))),
-            _ => None,
-        };
-        if let Some((name, data)) = missed {
-            s.handle(name, &data, None, true);
-        }
-    }
-
-    loop {
-        tokio::select! {
-            n = rx.recv() => match n {
-                Ok(Notice::Event(e)) => s.handle(&e.name, &e.data, e.timestamp, false),
-                Ok(Notice::Malformed(m)) => log.record(
-                    Some(&s.ctx), "protocol", json!({"status": "malformed", "detail": m}),
-                    Some(&format!("malformed QMP input ignored: {m}"))),
-                Ok(Notice::Unexpected(m)) => log.record(
-                    Some(&s.ctx), "protocol", json!({"status": "unexpected", "detail": m}),
-                    Some(&format!("unexpected QMP message ignored: {m}"))),
-                Err(broadcast::error::RecvError::Lagged(n)) => log.record(
-                    Some(&s.ctx), "protocol", json!({"status": "lagged", "lost": n}),
-                    Some(&format!("{n} QMP messages lost (too many at once)"))),
-                Err(broadcast::error::RecvError::Closed) => break,
-            },
-            _ = stop.changed() => {
-                s.finish_running(true).await;
-                return Ok(SessionEnd::Stopped);
-            }
-        }
-    }
-    s.finish_running(false).await;
-    Ok(SessionEnd::Disconnected)
-}
-
-impl Session<'_> {
-    /// Logs one event and starts its policy's action if it has one.
-    fn handle(&mut self, name: &str, data: &Value, ts: Option<(i64, i64)>, catch_up: bool) {
-        let decision = decide(name, data, &self.cfg.policies);
-        if self
-            .running
-            .as_ref()
-            .is_some_and(|r| r.handle.is_finished())
-        {
-            self.running = None;
-        }
-        let mut rec = json!({"event": name, "data": data});
-        if let Some((s, us)) = ts {
-            rec["qemu-timestamp"] = json!({"seconds": s, "microseconds": us});
-        }
-        let data_txt = if data.as_object().is_some_and(|o| o.is_empty()) {
-            String::new()
-        } else {
-            format!(" {}", compact(data))
-        };
-        let head = if catch_up {
-            rec["catch-up"] = json!(true);
-            format!("VM found stopped by {name} (missed event){data_txt}")
-        } else {
-            format!("{name}{data_txt}")
-        };
-        let (outcome, human) = match &decision {
-            Decision::Other => ("none", head),
-            Decision::LogOnly { trigger, reason } => {
-                if let Some(t) = trigger {
-                    rec["policy"] = json!(self.cfg.policies.get(*t).name());
-                }
-                rec["reason"] = json!(reason);
-                ("log", format!("{head}: logged only ({reason})"))
-            }
-            Decision::Act {
-                policy: Policy::Preserve,
-                ..
-            } => {
-                rec["policy"] = json!("preserve");
-                ("preserve", format!("{head}: preserve (VM left as it is)"))
-            }
-            Decision::Act { trigger, policy } => {
-                rec["policy"] = json!(policy.name());
-                if let Some(r) = &self.running {
-                    rec["reason"] = json!(format!("{} still running", r.what));
-                    (
-                        "ignored-busy",
-                        format!("{head}: {policy} ignored, {} still running", r.what),
-                    )
-                } else {
-                    ("act", format!("{head}: {policy} ({})", trigger.option()))
-                }
-            }
-        };
-        rec["decision"] = json!(outcome);
-        self.log.record(Some(&self.ctx), "event", rec, Some(&human));
-
-        if let (Decision::Act { policy, .. }, "act") = (decision, outcome) {
-            let what = format!("{policy} for {name}");
-            let handle = tokio::spawn(run_action(
-                self.client.clone(),
-                self.ctx.clone(),
-                self.cfg.clone(),
-                self.log.clone(),
-                policy,
-                name.to_string(),
-            ));
-            self.running = Some(Running { handle, what });
-        }
-    }
-
-    async fn finish_running(&mut self, stopping: bool) {
-        if let Some(r) = self.running.take() {
-            if !r.handle.is_finished() && stopping {
-                self.log.record(
-                    Some(&self.ctx),
-                    "shutdown",
-                    json!({"status": "waiting", "action": r.what}),
-                    Some(&format!(
-                        "waiting for {} to finish (signal again to exit now)",
-                        r.what
-                    )),
-                );
-            }
-            let _ = r.handle.await;
-        }
-    }
-}
-
-/// The action of one policy: the dump first if the policy has one, then the
-/// finish (destroy or restart). A failed dump leaves the VM as it is, as
-/// libvirt does, so that an operator can still inspect or dump it.
-async fn run_action(
-    client: Arc<Client>,
-    ctx: Ctx,
-    cfg: Arc<Config>,
-    log: Arc<Logger>,
-    policy: Policy,
-    event: String,
-) {
-    if policy.dumps() {
-        match dump(&client, &ctx, &cfg, &log).await {
-            Ok(_) => {}
-            Err(e) => {
-                log.record(
-                    Some(&ctx),
-                    "action",
-                    json!({"action": "dump", "status": "failed", "error": e, "event": event,
-                           "policy": policy.name(), "vm-state": "preserved"}),
-                    Some(&format!("dump failed: {e}; VM left as it is")),
-                );
-                return;
-            }
-        }
-    }
-    match policy.then() {
-        Some(Finish::Destroy) => destroy(&client, &ctx, &log, &event).await,
-        Some(Finish::Restart) => restart(&client, &ctx, &cfg, &log, &event).await,
-        None => {}
-    }
-}
-
-async fn destroy(client: &Client, ctx: &Ctx, log: &Logger, event: &str) {
-    match client.execute("quit", None).await {
-        Ok(_) | Err(QmpError::Disconnected) => log.record(
-            Some(ctx),
-            "action",
-            json!({"action": "destroy", "status": "ok", "event": event}),
-            Some("destroyed (quit)"),
-        ),
-        Err(e) => log.record(
-            Some(ctx),
-            "action",
-            json!({"action": "destroy", "status": "failed", "error": e.to_string(), "event": event}),
-            Some(&format!("destroy (quit) failed: {e}")),
-        ),
-    }
-}
-
-async fn restart(client: &Client, ctx: &Ctx, cfg: &Config, log: &Logger, event: &str) {
-    let fail = |step: &str, e: &QmpError| {
-        log.record(
-            Some(ctx),
-            "action",
-            json!({"action": "restart", "status": "failed", "step": step, "error": e.to_string(), "event": event}),
-            Some(&format!("restart failed at {step}: {e}")),
-        );
-    };
-    let mut sub = client.subscribe();
-    if let Err(e) = client.execute("system_reset", None).await {
-        return fail("system_reset", &e);
-    }
-    // The reset is done when QEMU says RESET; then resume the (possibly paused) VM.
-    let saw_reset = tokio::time::timeout(cfg.timeout, async {
-        loop {
-            match sub.recv().await {
-                Ok(Notice::Event(e)) if e.name == "RESET" => return true,
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => return false,
-            }
-        }
-    })
-    .await
-    .unwrap_or(false);
-    if let Err(e) = client.execute("cont", None).await {
-        return fail("cont", &e);
-    }
-    let status = client
-        .execute("query-status", None)
-        .await
-        .ok()
-        .and_then(|s| s["status"].as_str().map(str::to_string))
-        .unwrap_or_else(|| "unknown".into());
-    log.record(
-        Some(ctx),
-        "action",
-        json!({"action": "restart", "status": "ok", "reset-event": saw_reset, "run-state": status, "event": event}),
-        Some(&format!("restarted (system_reset + cont), VM {status}")),
-    );
-}
-
-/// Dumps guest memory to the dump directory, atomically. Returns the final path.
-async fn dump(client: &Client, ctx: &Ctx, cfg: &Config, log: &Logger) -> Result<PathBuf, String> {
-    let dir = cfg.dump_dir.as_ref().ok_or("no --dump-dir")?;
-    let fmt = cfg.dump_format;
-
-    let mem = client
-        .execute("query-memory-size-summary", None)
-        .await
-        .map_err(|e| format!("query-memory-size-summary: {e}"))?;
-    let ram =
-        mem["base-memory"].as_u64().unwrap_or(0) + mem["plugged-memory"].as_u64().unwrap_or(0);
-    if ram == 0 {
-        return Err(format!(
-            "query-memory-size-summary gave no memory size: {}",
-            compact(&mem)
-        ));
-    }
-    let need = dump::required_space(ram);
-    let free = dump::free_space(dir).map_err(|e| format!("statvfs {}: {e}", dir.display()))?;
-    if free < need {
-        return Err(format!(
-            "not enough space in {}: {} MiB free, {} MiB needed (guest RAM {} MiB + margin)",
-            dir.display(),
-            free >> 20,
-            need >> 20,
-            ram >> 20
-        ));
-    }
-
-    let (paths, _reserved) = dump::choose_paths(dir, &ctx.vm, now_secs(), fmt);
-    let mut sub = client.subscribe();
-    let args = json!({
-        "paging": false,
-        "protocol": format!("file:{}", paths.partial.display()),
-        "detach": true,
-        "format": fmt.qapi_name(),
-    });
-    log.record(
-        Some(ctx),
-        "action",
-        json!({"action": "dump", "status": "started", "file": paths.final_path, "partial": paths.partial,
-               "format": fmt.qapi_name(), "guest-ram": ram, "free": free}),
-        Some(&format!("dumping {} MiB of guest memory to {} ({})", ram >> 20, paths.final_path.display(), fmt)),
-    );
-    let t0 = Instant::now();
-    if let Err(e) = client.execute("dump-guest-memory", Some(args)).await {
-        let _ = dump::discard(&paths);
-        return Err(format!("dump-guest-memory: {e}"));
-    }
-    let result = wait_dump(client, ctx, cfg, log, &mut sub).await;
-    log.progress_done(ctx);
-    let finish = async {
-        result?;
-        let p = paths.clone();
-        match tokio::task::spawn_blocking(move || dump::finalize(&p)).await {
-            Ok(Ok(f)) => Ok(f),
-            Ok(Err(e)) => Err(format!("cannot rename the completed dump: {e}")),
-            Err(e) => Err(format!("cannot rename the completed dump: {e}")),
-        }
-    };
-    match finish.await {
-        Ok(f) => {
-            let bytes = std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0);
-            let secs = t0.elapsed().as_secs_f64();
-            log.record(
-                Some(ctx),
-                "action",
-                json!({"action": "dump", "status": "completed", "file": f, "bytes": bytes,
-                       "seconds": (secs * 1000.0).round() / 1000.0, "format": fmt.qapi_name()}),
-                Some(&format!(
-                    "dump written: {} ({} MiB in {secs:.1} s)",
-                    f.display(),
-                    bytes >> 20
-                )),
-            );
-            Ok(f)
-        }
-        Err(e) => {
-            if let Err(d) = discard_partial(&paths) {
-                return Err(format!(
-                    "{e}; and removing {}: {d}",
-                    paths.partial.display()
-                ));
-            }
-            Err(e)
-        }
-    }
-}
-
-fn discard_partial(paths: &DumpPaths) -> std::io::Result<()> {
-    dump::discard(paths)
-}
-
-/// Waits for the dump's end: `DUMP_COMPLETED`, or `query-dump` saying it
-/// ended (if the event was lost). Shows progress meanwhile.
-async fn wait_dump(
-    client: &Client,
-    ctx: &Ctx,
-    cfg: &Config,
-    log: &Logger,
-    sub: &mut broadcast::Receiver<Notice>,
-) -> Result<(), String> {
-    let mut tick = tokio::time::interval(cfg.poll_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut idle = 0;
-    loop {
-        tokio::select! {
-            n = sub.recv() => match n {
-                Ok(Notice::Event(e)) if e.name == "DUMP_COMPLETED" => {
-                    if let Some(err) = e.data.get("error").and_then(Value::as_str) {
-                        return Err(format!("QEMU: {err}"));
-                    }
-                    let r = &e.data["result"];
-                    return match r["status"].as_str() {
-                        Some("completed") => {
-                            let total = r["total"].as_u64().unwrap_or(0);
-                            log.progress(ctx, total, total);
-                            Ok(())
-                        }
-                        s => Err(format!("DUMP_COMPLETED with status {}", s.unwrap_or("(none)"))),
-                    };
-                }
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => return Err("QMP connection closed during the dump".into()),
-            },
-            _ = tick.tick() => match client.execute("query-dump", None).await {
-                Ok(q) => {
-                    let (done, total) = (q["completed"].as_u64().unwrap_or(0), q["total"].as_u64().unwrap_or(0));
-                    match q["status"].as_str() {
-                        Some("active") => { idle = 0; log.progress(ctx, done, total) }
-                        Some("completed") => { log.progress(ctx, total, total); return Ok(()) }
-                        Some("failed") => return Err("query-dump: status failed".into()),
-                        _ => {
-                            idle += 1;
-                            if idle >= 3 {
-                                return Err(format!("no dump in progress (query-dump: {})", compact(&q)));
-                            }
-                        }
-                    }
-                }
-                Err(QmpError::Disconnected) => return Err("QMP connection closed during the dump".into()),
-                Err(_) => {}
-            },
+            _ = cancel.cancelled() => return Ok(()),
         }
     }
 }
@@ -612,23 +178,37 @@ async fn wait_dump(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::Policy;
     use crate::testutil::{FakeQmp, SharedBuf};
+    use serde_json::Value;
     use std::sync::Mutex;
 
-    fn config(dir: &std::path::Path, panic: Policy) -> Arc<Config> {
-        Arc::new(Config {
-            policies: Policies {
-                panic,
-                stall: Policy::CoredumpDestroy,
-                ..Policies::default()
+    struct Conf {
+        cfg: Config,
+        target: Target,
+        max_dumps: usize,
+    }
+
+    fn config(dir: &std::path::Path, panic: Policy) -> Conf {
+        Conf {
+            cfg: Config {
+                dump_dir: Some(dir.to_path_buf()),
+                poll_interval: Duration::from_millis(20),
+                reconnect_min: Duration::from_millis(10),
+                reconnect_max: Duration::from_millis(50),
+                timeout: Duration::from_secs(2),
+                ..Config::default()
             },
-            dump_dir: Some(dir.to_path_buf()),
-            poll_interval: Duration::from_millis(20),
-            reconnect_min: Duration::from_millis(10),
-            reconnect_max: Duration::from_millis(50),
-            timeout: Duration::from_secs(2),
-            ..Config::default()
-        })
+            target: Target {
+                name: None,
+                policies: Policies {
+                    panic,
+                    stall: Policy::CoredumpDestroy,
+                    ..Policies::default()
+                },
+            },
+            max_dumps: 0,
+        }
     }
 
     /// A fake QEMU with `ram` bytes whose dumps write `dump_bytes` (or fail
@@ -670,13 +250,15 @@ mod tests {
     }
 
     struct Harness {
-        stop: watch::Sender<bool>,
-        task: JoinHandle<Result<(), String>>,
+        stop: CancellationToken,
+        task: tokio::task::JoinHandle<Result<(), WatchError>>,
         json: SharedBuf,
         human: SharedBuf,
+        env: Env,
+        target: watch::Sender<Target>,
     }
 
-    fn start(ep: Endpoint, cfg: Arc<Config>) -> Harness {
+    fn start(ep: Endpoint, c: Conf) -> Harness {
         let json = SharedBuf::default();
         let human = SharedBuf::default();
         let log = Arc::new(Logger::new(
@@ -684,13 +266,21 @@ mod tests {
             Some(Box::new(human.clone())),
             false,
         ));
-        let (stop, rx) = watch::channel(false);
-        let task = tokio::spawn(watch(ep, cfg, log, rx));
+        let env = Env::new(c.cfg, log, Arc::new(Metrics::new()), c.max_dumps);
+        start_with(ep, c.target, env, json, human)
+    }
+
+    fn start_with(ep: Endpoint, t: Target, env: Env, json: SharedBuf, human: SharedBuf) -> Harness {
+        let stop = CancellationToken::new();
+        let (target, rx) = watch::channel(t);
+        let task = tokio::spawn(watch(ep, env.clone(), rx, stop.clone()));
         Harness {
             stop,
             task,
             json,
             human,
+            env,
+            target,
         }
     }
 
@@ -708,8 +298,8 @@ mod tests {
                 self.human.text()
             );
         }
-        async fn stop(self) -> Result<(), String> {
-            self.stop.send(true).unwrap();
+        async fn stop(self) -> Result<(), WatchError> {
+            self.stop.cancel();
             self.task.await.unwrap()
         }
     }
@@ -921,14 +511,14 @@ mod tests {
     async fn unsupported_format_is_fatal() {
         let fake = fake_qemu("web1", 256 << 20, None, 10).await;
         let dir = crate::testutil::tempdir("dumps");
-        let mut cfg = (*config(&dir, Policy::CoredumpDestroy)).clone();
-        cfg.dump_format = DumpFormat::KdumpLzo;
-        let h = start(fake.endpoint(), Arc::new(cfg));
+        let mut c = config(&dir, Policy::CoredumpDestroy);
+        c.cfg.dump_format = DumpFormat::KdumpLzo;
+        let h = start(fake.endpoint(), c);
         let r = tokio::time::timeout(Duration::from_secs(5), h.task)
             .await
             .unwrap()
             .unwrap();
-        let e = r.unwrap_err();
+        let e = r.unwrap_err().to_string();
         assert!(
             e.contains("kdump-lzo") && e.contains("elf, kdump-zlib"),
             "{e}"
@@ -1029,6 +619,133 @@ mod tests {
         // no query-name answer: the socket's name is used
         assert_eq!(ev["vm"], "qmp");
         h.stop().await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn no_event_lost_behind_a_flood() {
+        let fake = fake_qemu("web1", 256 << 20, None, 10).await;
+        let dir = crate::testutil::tempdir("dumps");
+        let h = start(fake.endpoint(), config(&dir, Policy::Destroy));
+        h.until("connected", |r| has(r, |x| x["status"] == "connected"))
+            .await;
+        let n = 20_000;
+        let mut blob = Vec::new();
+        for i in 0..n {
+            let m = json!({"event": "VCPU_STALL", "timestamp": {"seconds": 1, "microseconds": 0},
+                           "data": {"qom-path": "/machine/peripheral/stall", "cpu-index": i % 4,
+                                    "budget-ms": 8000, "stage": "warning"}});
+            blob.extend_from_slice(format!("{m}\n").as_bytes());
+        }
+        fake.send_raw(&blob);
+        fake.send_event("GUEST_PANICKED", json!({"action": "pause"}));
+        h.until("destroy", |r| has(r, |x| x["action"] == "destroy"))
+            .await;
+        let recs = h.json.records();
+        let stalls: u64 = recs
+            .iter()
+            .filter(|x| x["event"] == "VCPU_STALL")
+            .map(|x| x["repeat"].as_u64().unwrap_or(1))
+            .sum();
+        assert_eq!(stalls, n, "every stall is accounted for");
+        assert_eq!(
+            fake.command_names().iter().filter(|c| *c == "quit").count(),
+            1
+        );
+        let t = h.env.metrics.text();
+        assert!(
+            t.contains(&format!(
+                r#"vigil_events_total{{vm="web1",event="VCPU_STALL"}} {n}"#
+            )),
+            "{t}"
+        );
+        assert!(t.contains(r#"vigil_events_total{vm="web1",event="GUEST_PANICKED"} 1"#));
+        assert!(
+            t.contains(
+                r#"vigil_actions_total{vm="web1",policy="destroy",action="destroy",result="ok"} 1"#
+            ),
+            "{t}"
+        );
+        h.stop().await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn new_settings_apply_without_reconnecting() {
+        let fake = fake_qemu("web1", 256 << 20, None, 10).await;
+        let dir = crate::testutil::tempdir("dumps");
+        let h = start(fake.endpoint(), config(&dir, Policy::Log));
+        h.until("connected", |r| has(r, |x| x["status"] == "connected"))
+            .await;
+        fake.send_event("GUEST_PANICKED", json!({"action": "pause"}));
+        h.until("logged", |r| has(r, |x| x["decision"] == "log"))
+            .await;
+        let mut t = h.target.borrow().clone();
+        t.policies.panic = Policy::Destroy;
+        h.target.send_replace(t);
+        fake.send_event("GUEST_PANICKED", json!({"action": "pause"}));
+        h.until("destroy", |r| has(r, |x| x["action"] == "destroy"))
+            .await;
+        assert_eq!(count(&h.json.records(), |x| x["status"] == "connected"), 1);
+        assert!(h
+            .env
+            .metrics
+            .text()
+            .contains(r#"vigil_endpoint_connected{endpoint="unix:"#));
+        h.stop().await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn max_dumps_queues_in_order() {
+        let (a, b) = (
+            fake_qemu("vm-a", 256 << 20, None, 300).await,
+            fake_qemu("vm-b", 256 << 20, None, 10).await,
+        );
+        let dir = crate::testutil::tempdir("dumps");
+        let mut c = config(&dir, Policy::CoredumpDestroy);
+        c.max_dumps = 1;
+        let ha = start(a.endpoint(), c);
+        let env = ha.env.clone();
+        let hb = start_with(
+            b.endpoint(),
+            config(&dir, Policy::CoredumpDestroy).target,
+            env,
+            ha.json.clone(),
+            ha.human.clone(),
+        );
+        ha.until("both connected", |r| {
+            count(r, |x| x["status"] == "connected") == 2
+        })
+        .await;
+        a.send_event("GUEST_PANICKED", json!({"action": "pause"}));
+        ha.until("a dumps", |r| {
+            has(r, |x| x["status"] == "started" && x["vm"] == "vm-a")
+        })
+        .await;
+        b.send_event("GUEST_PANICKED", json!({"action": "pause"}));
+        ha.until("both destroyed", |r| {
+            count(r, |x| x["action"] == "destroy") == 2
+        })
+        .await;
+        let recs = ha.json.records();
+        let pos = |f: &dyn Fn(&Value) -> bool| recs.iter().position(f).unwrap();
+        let queued = pos(&|x| x["status"] == "queued" && x["vm"] == "vm-b");
+        let a_done = pos(&|x| x["status"] == "completed" && x["vm"] == "vm-a");
+        let b_start = pos(&|x| x["status"] == "started" && x["vm"] == "vm-b");
+        assert!(queued < a_done && a_done < b_start, "{}", ha.json.text());
+        assert!(recs[queued]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("--max-dumps 1"));
+        let t = ha.env.metrics.text();
+        assert!(t.contains("vigil_dump_waits_total 1"), "{t}");
+        assert!(
+            t.contains(r#"vigil_dumps_total{result="completed"} 2"#),
+            "{t}"
+        );
+        hb.stop().await.unwrap();
+        ha.stop().await.unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -29,6 +29,12 @@ fn help_lists_policies_events_and_exit_status() {
         "unix:PATH",
         "tcp:HOST:PORT",
         "Exit status",
+        "--metrics",
+        "--notify",
+        "--config",
+        "--watch-dir",
+        "--max-dumps",
+        "SIGHUP",
     ] {
         assert!(text.contains(word), "--help lacks {word}");
     }
@@ -50,6 +56,7 @@ fn usage_errors_exit_2() {
             "unix:/tmp/x",
         ],
         &["unix:/tmp/x", "unix:/tmp/x"],
+        &["--config", "/nonexistent/vigil.toml"],
     ] {
         let out = vigil().args(args).output().unwrap();
         assert_eq!(

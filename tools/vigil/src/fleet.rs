@@ -1,0 +1,538 @@
+//! The set of endpoints watched, and what changes it: the command line, the
+//! `--config` file (reloaded on SIGHUP) and `--watch-dir` directories (QMP
+//! sockets that appear are watched, those that disappear are forgotten).
+//!
+//! A reload never drops a connection that did not change: an endpoint that
+//! is still wanted keeps its watcher, and new settings (policies, name) are
+//! passed to it in place.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{self, FleetConfig, PolicySet};
+use crate::endpoint::Endpoint;
+use crate::error::{ConfigError, WatchError};
+use crate::policy::Policies;
+use crate::watcher::{self, Env, Target};
+
+/// Where endpoints come from, as given on the command line.
+#[derive(Clone, Debug, Default)]
+pub struct Sources {
+    pub endpoints: Vec<Endpoint>,
+    /// `--on-*` and `--stall-stage` given on the command line.
+    pub policies: PolicySet,
+    pub watch_dirs: Vec<PathBuf>,
+    pub config: Option<PathBuf>,
+    /// Whether `--dump-dir` was given.
+    pub have_dump_dir: bool,
+}
+
+/// The endpoints wanted, by their name (`unix:PATH`, `tcp:HOST:PORT`).
+pub type Desired = BTreeMap<String, (Endpoint, Target)>;
+
+/// The default policies: `[defaults]` of the file, then the command line.
+pub fn base_policies(src: &Sources, file: Option<&FleetConfig>) -> Policies {
+    let base = file.map_or(Policies::default(), |f| {
+        f.defaults.over(Policies::default())
+    });
+    src.policies.over(base)
+}
+
+/// The watch directories: the command line's and the file's.
+pub fn watch_dirs(src: &Sources, file: Option<&FleetConfig>) -> Vec<PathBuf> {
+    let mut v = src.watch_dirs.clone();
+    for d in file.map(|f| f.watch_dirs.as_slice()).unwrap_or(&[]) {
+        if !v.contains(d) {
+            v.push(d.clone());
+        }
+    }
+    v
+}
+
+/// The QMP sockets in `dir` (sockets only, not descending).
+pub fn scan(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| ConfigError::WatchDir {
+        dir: dir.to_path_buf(),
+        source: e,
+    })?;
+    let mut v: Vec<PathBuf> = rd
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_socket()))
+        .map(|e| e.path())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Puts together the endpoints wanted.
+pub fn desired(
+    src: &Sources,
+    file: Option<&FleetConfig>,
+    sockets: &[PathBuf],
+) -> Result<Desired, ConfigError> {
+    let base = base_policies(src, file);
+    let mut d = Desired::new();
+    for ep in &src.endpoints {
+        let t = Target {
+            name: None,
+            policies: base,
+        };
+        if d.insert(ep.to_string(), (ep.clone(), t)).is_some() {
+            return Err(ConfigError::Duplicate(ep.to_string()));
+        }
+    }
+    for e in file.map(|f| f.endpoints.as_slice()).unwrap_or(&[]) {
+        let t = Target {
+            name: e.name.clone(),
+            policies: e.policies.over(base),
+        };
+        if d.insert(e.endpoint.to_string(), (e.endpoint.clone(), t))
+            .is_some()
+        {
+            return Err(ConfigError::Duplicate(e.endpoint.to_string()));
+        }
+    }
+    for s in sockets {
+        let ep = Endpoint::Unix(s.clone());
+        d.entry(ep.to_string()).or_insert((
+            ep,
+            Target {
+                name: None,
+                policies: base,
+            },
+        ));
+    }
+    if !src.have_dump_dir && d.values().any(|(_, t)| t.policies.any_dump()) {
+        return Err(ConfigError::NeedsDumpDir);
+    }
+    if !src.have_dump_dir && base.any_dump() {
+        return Err(ConfigError::NeedsDumpDir);
+    }
+    Ok(d)
+}
+
+struct Member {
+    tx: watch::Sender<Target>,
+    cancel: CancellationToken,
+}
+
+/// The running watchers.
+pub struct Fleet {
+    env: Env,
+    members: HashMap<String, Member>,
+    root: CancellationToken,
+    watchers: TaskTracker,
+    fatal: mpsc::UnboundedSender<WatchError>,
+}
+
+/// What [`Fleet::apply`] changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+impl Fleet {
+    pub fn new(env: Env, root: CancellationToken) -> (Fleet, mpsc::UnboundedReceiver<WatchError>) {
+        let (fatal, rx) = mpsc::unbounded_channel();
+        (
+            Fleet {
+                env,
+                members: HashMap::new(),
+                root,
+                watchers: TaskTracker::new(),
+                fatal,
+            },
+            rx,
+        )
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Starts, updates and stops watchers so that `want` is watched.
+    pub fn apply(&mut self, want: &Desired) -> Changes {
+        let mut ch = Changes::default();
+        let gone: Vec<String> = self
+            .members
+            .keys()
+            .filter(|k| !want.contains_key(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            if let Some(m) = self.members.remove(&k) {
+                m.cancel.cancel();
+            }
+            ch.removed.push(k);
+        }
+        for (k, (ep, t)) in want {
+            match self.members.get(k) {
+                Some(m) => {
+                    if *m.tx.borrow() != *t {
+                        m.tx.send_replace(t.clone());
+                        ch.changed.push(k.clone());
+                    }
+                }
+                None => {
+                    let (tx, rx) = watch::channel(t.clone());
+                    let cancel = self.root.child_token();
+                    let (env, ep2, c2, fatal) = (
+                        self.env.clone(),
+                        ep.clone(),
+                        cancel.clone(),
+                        self.fatal.clone(),
+                    );
+                    self.watchers.spawn(async move {
+                        let h = tokio::spawn(watcher::watch(ep2, env, rx, c2));
+                        match h.await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => {
+                                let _ = fatal.send(e);
+                            }
+                            Err(e) => {
+                                let _ = fatal.send(WatchError::Task(e.to_string()));
+                            }
+                        }
+                    });
+                    self.members.insert(k.clone(), Member { tx, cancel });
+                    ch.added.push(k.clone());
+                }
+            }
+        }
+        self.env.metrics.endpoints.set(self.members.len() as i64);
+        ch
+    }
+
+    /// Stops every watcher (each after its running action) and waits.
+    pub async fn stop(&mut self) {
+        self.root.cancel();
+        self.watchers.close();
+        self.watchers.wait().await;
+        self.env.tracker.close();
+        self.env.tracker.wait().await;
+    }
+}
+
+/// Watches directories for sockets that come and go (inotify, through the
+/// `notify` crate); each change is a message on the returned channel.
+fn watch_directories(
+    dirs: &[PathBuf],
+) -> Result<(Vec<notify::RecommendedWatcher>, mpsc::UnboundedReceiver<()>), ConfigError> {
+    use notify::Watcher;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut ws = Vec::new();
+    for d in dirs {
+        let tx = tx.clone();
+        let mut w = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+            let _ = tx.send(());
+        })
+        .map_err(|e| ConfigError::WatchDir {
+            dir: d.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        w.watch(d, notify::RecursiveMode::NonRecursive)
+            .map_err(|e| ConfigError::WatchDir {
+                dir: d.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        ws.push(w);
+    }
+    Ok((ws, rx))
+}
+
+/// Everything `run` needs.
+pub struct Plan {
+    pub sources: Sources,
+    pub file: Option<FleetConfig>,
+    pub env: Env,
+    pub hooks: TaskTracker,
+    pub hook_timeout: Duration,
+    pub root: CancellationToken,
+}
+
+fn scan_all(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigError> {
+    let mut v = Vec::new();
+    for d in dirs {
+        v.extend(scan(d)?);
+    }
+    Ok(v)
+}
+
+/// Runs until a signal (or a fatal error); returns the exit status.
+pub async fn run(plan: Plan) -> u8 {
+    let Plan {
+        sources,
+        mut file,
+        env,
+        hooks,
+        hook_timeout,
+        root,
+    } = plan;
+    let log = env.log.clone();
+    let metrics = env.metrics.clone();
+    let (mut sigint, mut sigterm, mut sighup) = match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+        _ => {
+            eprintln!("vigil: error: cannot install signal handlers");
+            return 1;
+        }
+    };
+    let (mut fleet, mut fatal_rx) = Fleet::new(env.clone(), root.clone());
+
+    let mut dirs = watch_dirs(&sources, file.as_ref());
+    let (mut _dir_watchers, mut dir_rx) = match watch_directories(&dirs) {
+        Ok(x) => x,
+        Err(e) => {
+            log.record(
+                None,
+                "error",
+                json!({"error": e.to_string()}),
+                Some(&e.to_string()),
+            );
+            return 1;
+        }
+    };
+    let initial = scan_all(&dirs).and_then(|s| desired(&sources, file.as_ref(), &s));
+    match initial {
+        Ok(d) => {
+            fleet.apply(&d);
+        }
+        Err(e) => {
+            log.record(
+                None,
+                "error",
+                json!({"error": e.to_string()}),
+                Some(&e.to_string()),
+            );
+            return 1;
+        }
+    }
+
+    let mut rescan = tokio::time::interval(Duration::from_secs(30));
+    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut code = 0u8;
+    let mut stopping = false;
+    let stop = |name: &str, n: &mut u32| {
+        *n += 1;
+        if *n >= 2 {
+            log.record(
+                None,
+                "shutdown",
+                json!({"status": "forced", "signal": name}),
+                Some(&format!("{name} again: exiting now")),
+            );
+            std::process::exit(130);
+        }
+        log.record(
+            None,
+            "shutdown",
+            json!({"status": "stopping", "signal": name}),
+            Some(&format!("{name}: stopping")),
+        );
+    };
+    let mut signals = 0u32;
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => { stop("SIGINT", &mut signals); stopping = true; }
+            _ = sigterm.recv() => { stop("SIGTERM", &mut signals); stopping = true; }
+            _ = sighup.recv(), if !stopping => {
+                let res = reload(&sources, &mut file, &mut dirs);
+                match res {
+                    Ok((d, new_dirs)) => {
+                        if let Some(nd) = new_dirs {
+                            match watch_directories(&nd) {
+                                Ok((w, r)) => { _dir_watchers = w; dir_rx = r; dirs = nd; }
+                                Err(e) => log.record(None, "warning", json!({"warning": e.to_string()}), Some(&e.to_string())),
+                            }
+                        }
+                        let ch = fleet.apply(&d);
+                        crate::metrics::Metrics::result(&metrics.reloads, "ok");
+                        log.record(None, "reload", json!({"status": "ok", "added": ch.added, "removed": ch.removed, "changed": ch.changed, "endpoints": fleet.len()}),
+                            Some(&format!("SIGHUP: configuration reloaded: {} endpoint(s), {} added, {} removed, {} changed",
+                                fleet.len(), ch.added.len(), ch.removed.len(), ch.changed.len())));
+                    }
+                    Err(e) => {
+                        crate::metrics::Metrics::result(&metrics.reloads, "failed");
+                        log.record(None, "reload", json!({"status": "failed", "error": e.to_string()}),
+                            Some(&format!("SIGHUP: configuration not reloaded, the running one stays: {e}")));
+                    }
+                }
+            }
+            Some(()) = dir_rx.recv(), if !stopping => {
+                // let a burst of changes settle, then look once
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                while dir_rx.try_recv().is_ok() {}
+                rescan_dirs(&sources, file.as_ref(), &dirs, &mut fleet, &log);
+            }
+            _ = rescan.tick(), if !stopping && !dirs.is_empty() => {
+                rescan_dirs(&sources, file.as_ref(), &dirs, &mut fleet, &log);
+            }
+            Some(e) = fatal_rx.recv() => {
+                if code == 0 {
+                    log.record(None, "shutdown", json!({"status": "fatal", "error": e.to_string()}),
+                        Some(&format!("fatal: {e}; stopping")));
+                }
+                code = 1;
+                stopping = true;
+            }
+            _ = done_rx.recv() => break,
+        }
+        if stopping && !root.is_cancelled() {
+            root.cancel();
+            // wait for the watchers (and their running actions) on the side,
+            // so that a second signal is still heard
+            let watchers = fleet.watchers.clone();
+            let actions = fleet.env.tracker.clone();
+            let done = done_tx.clone();
+            tokio::spawn(async move {
+                watchers.close();
+                watchers.wait().await;
+                actions.close();
+                actions.wait().await;
+                let _ = done.send(()).await;
+            });
+        }
+    }
+    fleet.stop().await;
+    hooks.close();
+    let _ = tokio::time::timeout(hook_timeout + Duration::from_secs(1), hooks.wait()).await;
+    log.record(
+        None,
+        "shutdown",
+        json!({"status": "exited", "code": code}),
+        None,
+    );
+    code
+}
+
+fn rescan_dirs(
+    sources: &Sources,
+    file: Option<&FleetConfig>,
+    dirs: &[PathBuf],
+    fleet: &mut Fleet,
+    log: &crate::log::Logger,
+) {
+    match scan_all(dirs).and_then(|s| desired(sources, file, &s)) {
+        Ok(d) => {
+            let ch = fleet.apply(&d);
+            if !ch.added.is_empty() || !ch.removed.is_empty() {
+                log.record(
+                    None,
+                    "watch-dir",
+                    json!({"added": ch.added, "removed": ch.removed, "endpoints": fleet.len()}),
+                    Some(&format!(
+                        "watch directory: {} socket(s) appeared, {} went ({} endpoint(s) watched)",
+                        ch.added.len(),
+                        ch.removed.len(),
+                        fleet.len()
+                    )),
+                );
+            }
+        }
+        Err(e) => log.record(
+            None,
+            "warning",
+            json!({"warning": e.to_string()}),
+            Some(&e.to_string()),
+        ),
+    }
+}
+
+/// Reads the file again. Returns what is wanted now and, if they changed,
+/// the new watch directories.
+fn reload(
+    sources: &Sources,
+    file: &mut Option<FleetConfig>,
+    dirs: &mut [PathBuf],
+) -> Result<(Desired, Option<Vec<PathBuf>>), ConfigError> {
+    let new = match &sources.config {
+        Some(p) => Some(config::load(p)?),
+        None => None,
+    };
+    let new_dirs = watch_dirs(sources, new.as_ref());
+    let sockets = scan_all(&new_dirs)?;
+    let d = desired(sources, new.as_ref(), &sockets)?;
+    *file = new;
+    let changed = (new_dirs.as_slice() != &*dirs).then_some(new_dirs);
+    Ok((d, changed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Policy;
+
+    fn src(eps: &[&str]) -> Sources {
+        Sources {
+            endpoints: eps.iter().map(|e| e.parse().unwrap()).collect(),
+            have_dump_dir: true,
+            ..Sources::default()
+        }
+    }
+
+    #[test]
+    fn precedence_and_duplicates() {
+        let file = config::parse(
+            Path::new("f"),
+            "[defaults]\non-panic = \"restart\"\non-stall = \"destroy\"\n\
+             [[endpoint]]\naddress = \"unix:/b\"\non-panic = \"coredump-destroy\"\n",
+        )
+        .unwrap();
+        let mut s = src(&["unix:/a"]);
+        s.policies.on_stall = Some(Policy::Preserve);
+        let d = desired(
+            &s,
+            Some(&file),
+            &[PathBuf::from("/dir/c.qmp"), PathBuf::from("/b")],
+        )
+        .unwrap();
+        assert_eq!(d.len(), 3);
+        let a = &d["unix:/a"].1.policies;
+        assert_eq!((a.panic, a.stall), (Policy::Restart, Policy::Preserve));
+        let b = &d["unix:/b"].1.policies;
+        assert_eq!(
+            (b.panic, b.stall),
+            (Policy::CoredumpDestroy, Policy::Preserve)
+        );
+        assert_eq!(d["unix:/dir/c.qmp"].1.policies.panic, Policy::Restart);
+        assert!(matches!(
+            desired(&src(&["unix:/b"]), Some(&file), &[]),
+            Err(ConfigError::Duplicate(_))
+        ));
+        let mut nodir = src(&[]);
+        nodir.have_dump_dir = false;
+        assert!(matches!(
+            desired(&nodir, Some(&file), &[]),
+            Err(ConfigError::NeedsDumpDir)
+        ));
+    }
+
+    #[test]
+    fn scans_sockets_only() {
+        let d = crate::testutil::tempdir("scan");
+        let _l = std::os::unix::net::UnixListener::bind(d.join("a.qmp")).unwrap();
+        std::fs::write(d.join("b.txt"), b"").unwrap();
+        assert_eq!(scan(&d).unwrap(), vec![d.join("a.qmp")]);
+        assert!(scan(&d.join("missing")).is_err());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
