@@ -54,16 +54,20 @@ pub fn decode_write(value: u64) -> Write {
     Write { event, unknown }
 }
 
-/// Checks a user-supplied `events` property: only known bits are allowed.
-pub fn validate_events(events: u8) -> Result<(), String> {
-    if events & !ALL != 0 {
-        return Err(format!(
-            "'events' has unknown bits {:#x} (known: panicked={PANICKED:#x}, \
-             crash-loaded={CRASH_LOADED:#x}, shutdown={SHUTDOWN:#x})",
+/// Checks a user-supplied `events` property. QEMU's C devices accept any
+/// value and advertise it as is, and configurations written for them (for
+/// example `-global pvpanic.events=15`) must keep starting: unknown bits are
+/// accepted and advertised too, with a warning to return for the user.
+#[must_use]
+pub fn events_warning(events: u8) -> Option<String> {
+    (events & !ALL != 0).then(|| {
+        format!(
+            "property 'events' has bits {:#x} no pvpanic event is defined for \
+             (known: panicked={PANICKED:#x}, crash-loaded={CRASH_LOADED:#x}, \
+             shutdown={SHUTDOWN:#x}); the guest is told about them as given",
             events & !ALL
-        ));
-    }
-    Ok(())
+        )
+    })
 }
 
 #[cfg(test)]
@@ -101,10 +105,13 @@ mod tests {
     }
 
     #[test]
-    fn events_property_is_checked() {
-        assert!(validate_events(0).is_ok());
-        assert!(validate_events(ALL).is_ok());
-        let e = validate_events(0x10).unwrap_err();
-        assert!(e.contains("'events'") && e.contains("0x10"), "{e}");
+    fn events_property_accepts_what_the_c_device_accepts() {
+        for ok in [0, PANICKED, PANICKED | CRASH_LOADED, ALL] {
+            assert_eq!(events_warning(ok), None);
+        }
+        // 15 = every known bit and one more: C QEMU starts, so do we.
+        let w = events_warning(15).unwrap();
+        assert!(w.contains("'events'") && w.contains("0x8"), "{w}");
+        assert!(events_warning(0xff).unwrap().contains("0xf8"));
     }
 }

@@ -228,6 +228,13 @@ impl Stage {
     const fn counting(self) -> bool {
         matches!(self, Stage::Counting | Stage::Warned)
     }
+
+    /// The budget ran out and the guest has not reloaded or disabled the
+    /// bank since: the vCPU is (still) stalled.
+    #[must_use]
+    pub const fn stalled(self) -> bool {
+        matches!(self, Stage::Warned | Stage::Fired)
+    }
 }
 
 /// Converts `ticks` at `hz` to nanoseconds (saturating; `hz` must not be 0).
@@ -266,6 +273,10 @@ pub struct Bank {
     pub used_ns: u64,
     /// How many times a budget ran out (operator statistics).
     pub stalls: u32,
+    /// The vCPU whose run time the countdown consumes: the one that last
+    /// enabled or reloaded the bank (see [`Owners`]). Meaningful only while
+    /// the bank is not idle.
+    pub owner: u32,
 }
 
 impl Bank {
@@ -299,7 +310,7 @@ impl Bank {
     }
 
     /// Starts a countdown of LOAD_CNT ticks, if the bank is enabled and has a clock.
-    fn start(&mut self, now: u64) -> (Timer, Option<GuestError>) {
+    fn start(&mut self, owner: u32, now: u64) -> (Timer, Option<GuestError>) {
         if !self.enabled() {
             self.stage = Stage::Idle as u8;
             return (Timer::Cancel, None);
@@ -309,23 +320,27 @@ impl Bank {
             return (Timer::Cancel, Some(GuestError::NoClock));
         }
         self.budget_ns = ticks_to_ns(self.load_cnt, self.clock_hz);
+        self.owner = owner;
         self.start_ns = now;
         self.used_ns = 0;
         self.stage = Stage::Counting as u8;
         (Timer::Arm(self.timer_delay(self.budget_ns)), None)
     }
 
-    /// A guest write of `value` to `reg`, at time-source reading `now`.
+    /// A guest write of `value` to `reg` by vCPU 0, at time-source reading `now`.
     pub fn write(&mut self, reg: Register, value: u32, now: u64) -> WriteOutcome {
-        self.write_with(reg, value, || now)
+        self.write_with(reg, value, 0, || now)
     }
 
-    /// As [`Bank::write`], reading the time source only if the write needs
-    /// it (a vCPU's CPU-time clock costs a system call to read).
+    /// A guest write of `value` to `reg`. A write that (re)starts the
+    /// countdown makes `owner` the bank's owner, and `now` must read that
+    /// vCPU's time source; it is called only if the write needs it (a
+    /// vCPU's CPU-time clock costs a system call to read).
     pub fn write_with(
         &mut self,
         reg: Register,
         value: u32,
+        owner: u32,
         now: impl FnOnce() -> u64,
     ) -> WriteOutcome {
         let keep = WriteOutcome {
@@ -337,7 +352,7 @@ impl Bank {
             Register::Status => {
                 self.status = value;
                 let reserved = value & !STATUS_ENABLE;
-                let (timer, error) = self.start(now());
+                let (timer, error) = self.start(owner, now());
                 WriteOutcome {
                     timer,
                     lower_irq: true,
@@ -350,7 +365,7 @@ impl Bank {
                 if !self.enabled() {
                     return keep;
                 }
-                let (timer, error) = self.start(now());
+                let (timer, error) = self.start(owner, now());
                 WriteOutcome {
                     timer,
                     lower_irq: true,
@@ -369,6 +384,29 @@ impl Bank {
                     ..keep
                 }
             }
+        }
+    }
+
+    /// Whether a write of `reg` (re)starts the countdown of an enabled bank,
+    /// or disables it: the writes that decide the bank's owner.
+    #[must_use]
+    pub fn claims(&self, reg: Register) -> bool {
+        match reg {
+            Register::Status => true,
+            Register::LoadCnt => self.enabled(),
+            Register::CurrentCnt | Register::ClockFreqHz => false,
+        }
+    }
+
+    /// Retires the bank because its owner started counting another bank
+    /// (see [`Owners`]): it is disabled as if the guest had written STATUS 0.
+    pub fn retire(&mut self) -> WriteOutcome {
+        self.status &= !STATUS_ENABLE;
+        self.stage = Stage::Idle as u8;
+        WriteOutcome {
+            timer: Timer::Cancel,
+            lower_irq: true,
+            error: None,
         }
     }
 
@@ -431,6 +469,131 @@ impl Bank {
         }
         self.start_ns = now;
         Timer::Arm(self.timer_delay(self.remaining_ns(now)))
+    }
+}
+
+/// Which bank each vCPU's run time is counted for.
+///
+/// A bank counts the time of the vCPU that last enabled or reloaded it, not
+/// of the vCPU with its index: a crash kernel started by kdump numbers its
+/// CPUs anew (its CPU 0 is whichever vCPU panicked) and pets bank 0 from that
+/// vCPU. A vCPU counts for one bank at a time: when it starts petting another
+/// bank, the one it counted for until then is retired (disabled), because the
+/// kernel that armed it is gone and can never pet it again.
+///
+/// Accesses that do not come from a vCPU (qtest, the monitor) count as
+/// coming from the bank's own vCPU, which is also what a guest that never
+/// renumbers its CPUs (Linux's driver pets bank N from CPU N) gives.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Owners {
+    bank_of: Vec<Option<u32>>,
+}
+
+impl Owners {
+    /// No vCPU counts for any bank yet.
+    #[must_use]
+    pub fn new(vcpus: u32) -> Self {
+        Owners {
+            bank_of: vec![None; vcpus as usize],
+        }
+    }
+
+    /// The bank vCPU `vcpu` counts for, if any.
+    #[must_use]
+    pub fn bank_of(&self, vcpu: u32) -> Option<u32> {
+        self.bank_of.get(vcpu as usize).copied().flatten()
+    }
+
+    fn set(&mut self, vcpu: u32, bank: Option<u32>) {
+        if let Some(slot) = self.bank_of.get_mut(vcpu as usize) {
+            *slot = bank;
+        }
+    }
+
+    /// vCPU `owner` (re)started bank `bank`, which vCPU `prev` counted for
+    /// until now (`None` if the bank was idle). Returns the bank to retire:
+    /// the other one `owner` counted for until now, if any.
+    pub fn claim(&mut self, bank: u32, owner: u32, prev: Option<u32>) -> Option<u32> {
+        if let Some(p) = prev {
+            if p != owner && self.bank_of(p) == Some(bank) {
+                self.set(p, None);
+            }
+        }
+        let old = self.bank_of(owner);
+        self.set(owner, Some(bank));
+        old.filter(|&b| b != bank)
+    }
+
+    /// Bank `bank`, counted for `owner`, went idle (disabled, retired, or
+    /// stopped for want of a clock).
+    pub fn release(&mut self, bank: u32, owner: u32) {
+        if self.bank_of(owner) == Some(bank) {
+            self.set(owner, None);
+        }
+    }
+
+    /// Rebuilds the map from the banks (after migration): every bank that
+    /// is not idle counts for its owner.
+    pub fn rebuild<'a>(&mut self, banks: impl IntoIterator<Item = &'a Bank>) {
+        self.bank_of.iter_mut().for_each(|b| *b = None);
+        for (i, b) in banks.into_iter().enumerate() {
+            if b.stage() != Stage::Idle {
+                // i < number of banks <= u32::MAX
+                self.set(b.owner, Some(i as u32));
+            }
+        }
+    }
+}
+
+/// How an expiry is reported: the `stage` of the `VCPU_STALL` event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Report {
+    /// First expiry: event and interrupt; the action waits one more budget.
+    Warning,
+    /// The watchdog action is taken now.
+    Action,
+    /// The action is due, but was already taken in this stall episode: the
+    /// vCPU is reported, nothing else happens.
+    Ongoing,
+}
+
+/// One hang, one action.
+///
+/// A hang rarely stays on one vCPU: the lock holder stalls, then its
+/// waiters. A stall *episode* begins when the watchdog action is taken and
+/// lasts while any bank is stalled ([`Stage::stalled`]: its budget ran out
+/// and the guest neither reloaded nor disabled it since), or until the
+/// machine is reset. Within an episode further expiries are still reported
+/// (every stalled vCPU gets its event), but the action is not taken again:
+/// a management tool that dumps and resumes after a pause gets one dump
+/// per hang, not one per stalled vCPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Episode {
+    /// The action was taken and the episode has not ended yet.
+    pub acted: bool,
+}
+
+impl Episode {
+    /// A bank's budget ran out; `act` is [`Deadline::Expired`]'s.
+    pub fn report(&mut self, act: bool) -> Report {
+        match (act, self.acted) {
+            (false, _) => Report::Warning,
+            (true, true) => Report::Ongoing,
+            (true, false) => {
+                self.acted = true;
+                Report::Action
+            }
+        }
+    }
+
+    /// Called when a bank stopped being stalled, with whether any bank
+    /// still is. Returns `true` if that ended the episode.
+    pub fn settle(&mut self, any_stalled: bool) -> bool {
+        let ended = self.acted && !any_stalled;
+        if ended {
+            self.acted = false;
+        }
+        ended
     }
 }
 
@@ -691,4 +854,82 @@ mod tests {
         assert_eq!(i.resume(0), Timer::Cancel);
         assert_eq!(i.stage(), Stage::Idle);
     }
+
+    #[test]
+    fn a_bank_counts_for_the_vcpu_that_armed_it() {
+        let mut b = Bank::default();
+        b.write_with(Register::ClockFreqHz, 10, 3, || unreachable!());
+        b.write_with(Register::LoadCnt, 10, 3, || unreachable!());
+        assert_eq!(b.owner, 0, "loading a disabled bank claims nothing");
+        assert!(!b.claims(Register::LoadCnt));
+        assert!(b.claims(Register::Status));
+        b.write_with(Register::Status, 1, 2, || 0);
+        assert_eq!(b.owner, 2);
+        assert!(b.claims(Register::LoadCnt));
+        b.write_with(Register::LoadCnt, 10, 5, || 7);
+        assert_eq!((b.owner, b.start_ns), (5, 7));
+        assert!(!b.claims(Register::ClockFreqHz));
+        let o = b.retire();
+        assert_eq!((o.timer, o.lower_irq), (Timer::Cancel, true));
+        assert_eq!((b.stage(), b.enabled()), (Stage::Idle, false));
+    }
+
+    /// kdump on 4 vCPUs: the first kernel arms bank N from vCPU N; CPU 1
+    /// panics and the crash kernel, on vCPU 1, arms its bank 0.
+    #[test]
+    fn a_crash_kernel_takes_over_bank_0_and_retires_bank_1() {
+        let mut owners = Owners::new(4);
+        for cpu in 0..4 {
+            assert_eq!(owners.claim(cpu, cpu, None), None);
+        }
+        // Pets by the same vCPU claim nothing new.
+        assert_eq!(owners.claim(1, 1, Some(1)), None);
+        // The crash kernel's CPU 0 is vCPU 1.
+        assert_eq!(owners.claim(0, 1, Some(0)), Some(1));
+        assert_eq!(owners.bank_of(1), Some(0));
+        assert_eq!(owners.bank_of(0), None, "vCPU 0 no longer counts");
+        owners.release(1, 1);
+        assert_eq!(owners.bank_of(1), Some(0), "bank 1 was not vCPU 1's any more");
+        owners.release(0, 1);
+        assert_eq!(owners.bank_of(1), None);
+        // Out-of-range vCPUs are ignored, not a panic.
+        assert_eq!(owners.claim(0, 99, None), None);
+        assert_eq!(owners.bank_of(99), None);
+    }
+
+    #[test]
+    fn owners_rebuild_from_the_banks() {
+        let mut banks = [armed(10, 80, 0), Bank::default(), armed(10, 80, 0)];
+        banks[0].owner = 2;
+        banks[2].owner = 0;
+        let mut owners = Owners::new(3);
+        owners.claim(1, 1, None);
+        owners.rebuild(banks.iter());
+        assert_eq!(owners.bank_of(2), Some(0));
+        assert_eq!(owners.bank_of(0), Some(2));
+        assert_eq!(owners.bank_of(1), None);
+    }
+
+    #[test]
+    fn one_hang_one_action() {
+        let mut e = Episode::default();
+        assert_eq!(e.report(false), Report::Warning);
+        assert_eq!(e.report(true), Report::Action);
+        assert_eq!(e.report(false), Report::Warning, "warnings stay warnings");
+        assert_eq!(e.report(true), Report::Ongoing);
+        assert_eq!(e.report(true), Report::Ongoing);
+        assert!(!e.settle(true), "a bank is still stalled");
+        assert!(e.settle(false));
+        assert!(!e.settle(false), "ends once");
+        assert_eq!(e.report(true), Report::Action, "a new hang acts again");
+    }
+
+    #[test]
+    fn stalled_stages() {
+        assert!(!Stage::Idle.stalled());
+        assert!(!Stage::Counting.stalled());
+        assert!(Stage::Warned.stalled());
+        assert!(Stage::Fired.stalled());
+    }
+
 }

@@ -3,8 +3,8 @@
 //! Property tests: arbitrary guest access sequences against the stall
 //! detector's decode and banks, with time moving forward in arbitrary steps.
 
-use proptest::prelude::*;
-use vigil_core::stall::{decode, Bank, Deadline, Policy, Stage, Timer, MIN_TIMER_NS};
+use proptest::{prelude::*, test_runner::RngSeed};
+use vigil_core::stall::{decode, Bank, Deadline, Policy, Register, Stage, Timer, MIN_TIMER_NS};
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -30,8 +30,41 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Deterministic: the same cases on every run (CI never turns red by luck),
+/// and a failure writes no `.proptest-regressions` file into the source
+/// tree; proptest prints the minimal failing case instead.
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        rng_seed: RngSeed::Fixed(0x5747_11ed),
+        ..ProptestConfig::default()
+    }
+}
+
+/// CLOCK_FREQ_HZ applies from the next load: set to 0 while counting, the
+/// running countdown keeps its budget and still expires on time. (The old
+/// property "counting implies `clock_hz != 0`" was false for this sequence,
+/// about one run in 40.)
+#[test]
+fn clock_zero_mid_count_keeps_the_running_budget() {
+    const S: u64 = 1_000_000_000;
+    let mut b = Bank::default();
+    b.write(Register::ClockFreqHz, 10, 0);
+    b.write(Register::LoadCnt, 20, 0);
+    b.write(Register::Status, 1, 0);
+    b.write(Register::ClockFreqHz, 0, S);
+    assert_eq!(b.stage(), Stage::Counting);
+    assert_eq!(b.read(Register::CurrentCnt, S), 0, "no rate: no ticks to show");
+    assert_eq!(b.remaining_ns(S), S);
+    assert!(matches!(b.deadline(2 * S, Policy::default()), Deadline::Expired { .. }));
+    // The next load needs a clock again.
+    assert_eq!(b.write(Register::LoadCnt, 20, 3 * S).timer, Timer::Cancel);
+    assert_eq!(b.stage(), Stage::Idle);
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(config(2000))]
 
     #[test]
     fn any_access_sequence_is_survivable(ops in prop::collection::vec(op(), 1..80),
@@ -70,7 +103,7 @@ proptest! {
                             Deadline::Expired { act, rearm } => {
                                 // Never early: the whole budget was used.
                                 prop_assert_eq!(before.remaining_ns(now), 0);
-                                prop_assert!(before.enabled() && before.clock_hz != 0);
+                                prop_assert!(before.enabled());
                                 prop_assert_eq!(act, rearm.is_none());
                                 prop_assert_eq!(b.stalls, before.stalls.saturating_add(1));
                             }
@@ -79,9 +112,11 @@ proptest! {
                 }
             }
             for b in &banks {
-                // Counting implies enabled with a clock; remaining never exceeds the budget.
+                // Counting implies enabled (a clock was needed to start, but
+                // CLOCK_FREQ_HZ may be rewritten, even to 0, while counting);
+                // remaining never exceeds the budget.
                 if matches!(b.stage(), Stage::Counting | Stage::Warned) {
-                    prop_assert!(b.enabled() && b.clock_hz != 0);
+                    prop_assert!(b.enabled());
                 }
                 prop_assert!(b.remaining_ns(now) <= b.budget_ns);
             }
