@@ -199,7 +199,27 @@ impl Metrics {
             "Configuration reloads (SIGHUP) by result",
             m.reloads.clone(),
         );
+        for r in ["completed", "failed"] {
+            let _ = m.dumps.get_or_create(&ResultLabels { result: r.into() });
+        }
         Metrics { registry, ..m }
+    }
+
+    /// Creates a VM's counters of the events with a policy at 0, so that
+    /// `increase()` sees its first panic too.
+    pub fn init_vm(&self, vm: &str) {
+        for event in [
+            "GUEST_PANICKED",
+            "GUEST_CRASHLOADED",
+            "VCPU_STALL",
+            "WATCHDOG",
+            "SHUTDOWN",
+        ] {
+            let _ = self.events.get_or_create(&EventLabels {
+                vm: vm.into(),
+                event: event.into(),
+            });
+        }
     }
 
     pub fn event(&self, vm: &str, event: &str, n: u64) {

@@ -114,6 +114,7 @@ pub async fn session(
         Some(&format!("connected to {} (QEMU {version})", ctx.endpoint)),
     );
     env.metrics.set_connected(&ctx.endpoint, &ctx.vm, true);
+    env.metrics.init_vm(&ctx.vm);
 
     let mut s = Session {
         client: client.clone(),

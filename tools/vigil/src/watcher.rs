@@ -88,9 +88,6 @@ pub async fn watch(
     target: watch::Receiver<Target>,
     cancel: CancellationToken,
 ) -> Result<(), WatchError> {
-    let cfg = &env.cfg;
-    let log = &env.log;
-    let mut backoff = Backoff::new(cfg.reconnect_min, cfg.reconnect_max);
     let mut ctx = Ctx {
         endpoint: ep.to_string(),
         vm: target
@@ -99,6 +96,22 @@ pub async fn watch(
             .clone()
             .unwrap_or_else(|| ep.fallback_name()),
     };
+    let r = watch_loop(&ep, &env, &target, &cancel, &mut ctx).await;
+    // no longer watched: its series go
+    env.metrics.forget_endpoint(&ctx.endpoint, &ctx.vm);
+    r
+}
+
+async fn watch_loop(
+    ep: &Endpoint,
+    env: &Env,
+    target: &watch::Receiver<Target>,
+    cancel: &CancellationToken,
+    ctx: &mut Ctx,
+) -> Result<(), WatchError> {
+    let cfg = &env.cfg;
+    let log = &env.log;
+    let mut backoff = Backoff::new(cfg.reconnect_min, cfg.reconnect_max);
     let mut last_error: Option<String> = None;
     let mut connections = 0u64;
     loop {
@@ -106,7 +119,7 @@ pub async fn watch(
             return Ok(());
         }
         let attempt = tokio::select! {
-            r = Client::connect(&ep, cfg.timeout) => r,
+            r = Client::connect(ep, cfg.timeout) => r,
             _ = cancel.cancelled() => return Ok(()),
         };
         match attempt {
@@ -122,21 +135,11 @@ pub async fn watch(
                         .inc();
                 }
                 let started = Instant::now();
-                match session(
-                    client,
-                    rx,
-                    &mut ctx,
-                    &env,
-                    &target,
-                    &cancel,
-                    ep.fallback_name(),
-                )
-                .await?
-                {
+                match session(client, rx, ctx, env, target, cancel, ep.fallback_name()).await? {
                     SessionEnd::Stopped => return Ok(()),
                     SessionEnd::Disconnected => {
                         log.record(
-                            Some(&ctx),
+                            Some(ctx),
                             "connection",
                             json!({"status": "disconnected"}),
                             Some("QMP connection closed; reconnecting"),
@@ -153,7 +156,7 @@ pub async fn watch(
                 let msg = e.to_string();
                 if last_error.as_deref() != Some(msg.as_str()) {
                     log.record(
-                        Some(&ctx),
+                        Some(ctx),
                         "connection",
                         json!({"status": "connect-failed", "error": msg,
                                "retry-max-ms": cfg.reconnect_max.as_millis() as u64}),
