@@ -114,6 +114,12 @@ QEMU_X86_64=$VIGIL_BUILD/qemu-system-x86_64 QEMU_AARCH64=$VIGIL_BUILD/qemu-syste
     VIGIL_BIN=$VIGIL_ROOT/target/release/vigil \
     run_checks "vigil with real guests (panic: coredump-restart, stall: coredump-destroy)" vigil-guests \
     "$VIGIL_ROOT/tests/guest/vigil-guest-test.sh"
+VIGIL_BIN=$VIGIL_ROOT/target/release/vigil \
+    run_checks "vigil for fleets (flood, metrics, hooks, config, watch-dir)" vigil-fleet \
+    "$VIGIL_ROOT/tools/vigil/tests/fleet.sh"
+QEMU_X86_64=$VIGIL_BUILD/qemu-system-x86_64 VIGIL_BIN=$VIGIL_ROOT/target/release/vigil \
+    run_checks "vigil with a real Prometheus while a real guest panics" vigil-prometheus \
+    "$VIGIL_ROOT/tools/vigil/tests/prometheus-guest.sh"
 QEMU_X86_64=$VIGIL_BUILD/qemu-system-x86_64 \
     run_checks "real libvirt: <panic model='isa'/> with on_crash coredump-destroy" libvirt \
     "$VIGIL_ROOT/tests/libvirt/libvirt-test.sh"
