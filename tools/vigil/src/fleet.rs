@@ -237,8 +237,25 @@ fn watch_directories(
     let mut ws = Vec::new();
     for d in dirs {
         let tx = tx.clone();
-        let mut w = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
-            let _ = tx.send(());
+        let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            use notify::event::{EventKind, ModifyKind};
+            // only what can add or remove a socket: our own scan opens the
+            // directory, and an access event must not make it scan again
+            let relevant = match res {
+                Ok(ev) => matches!(
+                    ev.kind,
+                    EventKind::Create(_)
+                        | EventKind::Remove(_)
+                        | EventKind::Modify(ModifyKind::Name(_))
+                        | EventKind::Modify(ModifyKind::Any)
+                        | EventKind::Any
+                        | EventKind::Other
+                ),
+                Err(_) => true, // (an overflow, ...): look again
+            };
+            if relevant {
+                let _ = tx.send(());
+            }
         })
         .map_err(|e| ConfigError::WatchDir {
             dir: d.clone(),

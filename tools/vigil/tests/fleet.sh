@@ -200,7 +200,7 @@ check "notify: the hook's timeout is logged (killed after 2 s)" "@$work/v4.jsonl
     wait_for 10 has "$work/v4.jsonl" type=notify status=timeout "for=event GUEST_PANICKED"
 check "notify: a failing hook's exit status is logged" "@$work/v4.jsonl" \
     wait_for 10 has "$work/v4.jsonl" type=notify status=failed exit-code=3
-envf=$(grep -l 'VIGIL_EVENT=GUEST_PANICKED' "$work"/hook.*.env 2>/dev/null | head -n1)
+envf=$(grep -lx 'VIGIL_TYPE=event' $(grep -lx 'VIGIL_EVENT=GUEST_PANICKED' "$work"/hook.*.env) 2>/dev/null | head -n1)
 check "notify: VM, event and policy in the environment" "$(cat "$envf" 2>/dev/null)" \
     bash -c 'grep -qxF "VIGIL_VM=hooked;\$(touch $2/pwned)" "$1" && grep -qx VIGIL_POLICY=destroy "$1" && grep -qx VIGIL_TYPE=event "$1"' _ "$envf" "$work"
 check "notify: the JSON record on stdin" "" bash -c \
