@@ -5,12 +5,19 @@
 #           modules, no install) and a busybox-static initramfs.
 #   arm64   a small kernel cross-built from Debian bookworm's `linux` source package
 #           (upstream orig tarball only; Debian's arm64 kernels lack PVPANIC), with
-#           PVPANIC_MMIO, VCPU_STALL_DETECTOR and LKDTM built in, and a busybox-static
-#           (arm64) initramfs.
+#           PVPANIC_MMIO and LKDTM built in, VCPU_STALL_DETECTOR as a module, EFI (stub),
+#           ACPI (and PCI: without it ACPICA cannot load virt's DSDT), KEXEC_FILE,
+#           CRASH_DUMP and PROC_VMCORE, and a busybox-static (arm64) initramfs.
+#           If patches/linux/*.patch exist, they are applied to a copy of
+#           drivers/misc/vcpu_stall_detector.c, built as an out-of-tree module against
+#           the same kernel build and shipped next to the upstream one.
+#           A second initramfs (ARM64_KDUMP_INITRD) holds the kernel Image and the first
+#           initramfs under /boot, for kexec and kdump.
 #
 # Everything lives under $VIGIL_CACHE/guests/ and is reused: the packages are only
 # downloaded when missing and the arm64 kernel is only rebuilt when its configuration
-# (the option list below) changes. The initramfs images are regenerated every run (a
+# (the option list below) changes, and the patched stall driver only when the kernel or
+# patches/linux/*.patch change. The initramfs images are regenerated every run (a
 # second or so) so that changes to /init take effect.
 #
 # Downloads go through apt: the machine's own configuration for the amd64 packages
@@ -24,11 +31,18 @@
 #   stall (arm64)    wait 10 s, print "vigil-guest: stalling cpu1", then LKDTM HARDLOCKUP
 #                    on CPU 1 (spins with interrupts off)
 #   idle             sleep forever
+#   kdump (arm64)    load the crash kernel (/boot, kexec_file_load), then sysrq c on CPU 1
+#   vmcore (arm64)   (the crash kernel) read /proc/vmcore for vigil.dumpsecs= seconds
+#                    (default 30), print "vigil-guest: dump done", then LKDTM HARDLOCKUP
+#   kexec (arm64)    kexec reboot into /boot/Image with vigil.action=idle vigil.kexeced=1
+#   stall0 (arm64)   like stall, on CPU 0
+# and `vigil.stalldrv=upstream|patched|none` (default upstream): which vcpu_stall_detector
+# module /init loads ("vigil-guest: stall driver NAME loaded").
 # Serial markers: "vigil-guest: ready", "vigil-guest: action=<action>", plus evidence
 # lines about the bound drivers ("vigil-guest: bound ...").
 #
 # stdout: the artifacts, as NAME=PATH lines (X86_KERNEL, X86_INITRD, ARM64_KERNEL,
-# ARM64_INITRD); progress and timings go to stderr.
+# ARM64_INITRD, ARM64_KDUMP_INITRD) and ARM64_STALL_PATCHED=yes|no; progress and timings go to stderr.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
@@ -124,15 +138,35 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 exec </dev/console >/dev/console 2>&1
 say() { echo "vigil-guest: $*"; }
-action=panic
+action=panic stalldrv=upstream dumpsecs=30
 for w in $(cat /proc/cmdline); do
-    case $w in vigil.action=*) action=${w#vigil.action=} ;; esac
+    case $w in
+    vigil.action=*) action=${w#vigil.action=} ;;
+    vigil.stalldrv=*) stalldrv=${w#vigil.stalldrv=} ;;
+    vigil.dumpsecs=*) dumpsecs=${w#vigil.dumpsecs=} ;;
+    esac
 done
 if [ -f /lib/modules/order ]; then
     for m in $(cat /lib/modules/order); do
         if insmod "/lib/modules/$m"; then say "insmod $m: ok"; else say "insmod $m: FAILED"; fi
     done
 fi
+if [ -d /lib/modules/stall ]; then
+    if [ "$stalldrv" = none ]; then
+        say "stall driver none"
+    elif [ -f "/lib/modules/stall/$stalldrv/vcpu_stall_detector.ko" ] &&
+        insmod "/lib/modules/stall/$stalldrv/vcpu_stall_detector.ko"; then
+        say "stall driver $stalldrv loaded"
+    else
+        say "stall driver $stalldrv FAILED"
+    fi
+fi
+[ -d /sys/firmware/efi ] && say "firmware efi"
+[ -d /sys/firmware/acpi/tables ] && say "firmware acpi"
+[ -e /proc/device-tree/compatible ] && say "firmware dt"
+for d in /sys/bus/acpi/devices/QEMU0001:* /sys/bus/acpi/devices/PRP0001:*; do
+    [ -e "$d" ] && say "acpi device ${d##*/}"
+done
 for d in pvpanic-mmio pvpanic-pci vcpu_stall_detector; do
     [ -d "/sys/bus/platform/drivers/$d" ] || [ -d "/sys/bus/pci/drivers/$d" ] || continue
     for dev in /sys/bus/platform/drivers/$d/* /sys/bus/pci/drivers/$d/*; do
@@ -152,20 +186,55 @@ panic)
     sleep 1
     echo c > /proc/sysrq-trigger
     ;;
-stall)
+stall|stall0)
     sleep 10
-    say "stalling cpu1"
-    taskset -c 1 sh -c 'echo HARDLOCKUP > /sys/kernel/debug/provoke-crash/DIRECT'
+    c=1; [ $action = stall0 ] && c=0
+    say "stalling cpu$c"
+    taskset -c $c sh -c 'echo HARDLOCKUP > /sys/kernel/debug/provoke-crash/DIRECT'
     say "HARDLOCKUP returned (unexpected)"
+    ;;
+kdump)
+    if kexec-load -p /boot/Image /boot/initrd.gz \
+        "console=ttyAMA0 nr_cpus=1 reset_devices vigil.action=vmcore vigil.stalldrv=$stalldrv vigil.dumpsecs=$dumpsecs"; then
+        say "crash kernel loaded"
+        sleep 2
+        say "panic on cpu1"
+        taskset -c 1 sh -c 'echo c > /proc/sysrq-trigger'
+    fi
+    say "kdump: no panic (unexpected)"
+    ;;
+vmcore)
+    if [ -r /proc/vmcore ]; then
+        say "crash kernel up, vmcore $(wc -c < /proc/vmcore) bytes"
+        end=$(($(cut -d. -f1 /proc/uptime) + dumpsecs)) n=0
+        while [ "$(cut -d. -f1 /proc/uptime)" -lt $end ]; do
+            n=$((n + 1))
+            cat /proc/vmcore > /dev/null || say "reading vmcore FAILED"
+            say "vmcore pass $n at $(cut -d' ' -f1 /proc/uptime)"
+        done
+        say "dump done ($n passes, $dumpsecs s)"
+        sleep 1
+        say "stalling cpu0"
+        echo HARDLOCKUP > /sys/kernel/debug/provoke-crash/DIRECT
+    else
+        say "no /proc/vmcore"
+    fi
+    ;;
+kexec)
+    sleep 2
+    say "kexec reboot"
+    kexec-load -e /boot/Image /boot/initrd.gz \
+        "console=ttyAMA0 vigil.action=idle vigil.kexeced=1 vigil.stalldrv=$stalldrv"
+    say "kexec reboot FAILED"
     ;;
 esac
 while :; do sleep 3600; done
 INIT
 }
 
-# build_initrd ARCH BUSYBOX_BINARY OUT [MODULE_DIR_WITH_ORDER]
+# build_initrd ARCH BUSYBOX_BINARY OUT [MODULE_DIR_WITH_ORDER [EXTRA_SPEC_FILE]]
 build_initrd() {
-    local arch=$1 bb=$2 out=$3 mods=${4:-} work spec m
+    local arch=$1 bb=$2 out=$3 mods=${4:-} extra=${5:-} work spec m
     work=$(mktemp -d)
     write_init "$arch" > "$work/init"
     spec=$work/spec
@@ -180,6 +249,7 @@ build_initrd() {
             echo "file /lib/modules/order $mods/order 644"
             for m in $(cat "$mods/order"); do echo "file /lib/modules/$m $mods/$m 644"; done
         fi
+        [ -z "$extra" ] || cat "$extra"
     } > "$spec"
     mkcpio "$spec" "$out"
     rm -rf "$work"
@@ -271,6 +341,7 @@ ARM64_CONFIG='
 -e OF
 -e ARM_GIC
 -e ARM_GIC_V3
+-e ARM64_PSEUDO_NMI
 -e ARM_ARCH_TIMER
 -e ARM_PSCI_FW
 -e SMP
@@ -291,14 +362,23 @@ ARM64_CONFIG='
 -e LKDTM
 -e PVPANIC
 -e PVPANIC_MMIO
--e VCPU_STALL_DETECTOR
+-e MODULES
+-m VCPU_STALL_DETECTOR
+-e EFI
+-e EFI_STUB
+-e ACPI
+-e PCI
+-e HOTPLUG_CPU
+-e KEXEC_FILE
+-e CRASH_DUMP
+-e PROC_VMCORE
 --set-val PANIC_TIMEOUT 0
 '
 
 prepare_arm64() {
     mkdir -p "$A64"
     local hash
-    hash=$( { echo "$ARM64_CONFIG"; echo "cross=aarch64-linux-gnu-"; } | sha256sum | cut -c1-16)
+    hash=$( { echo "$ARM64_CONFIG"; echo "cross=aarch64-linux-gnu-"; echo "targets=Image modules"; } | sha256sum | cut -c1-16)
     if [ -s "$A64/Image" ] && [ "$(cat "$A64/Image.confighash" 2>/dev/null)" = "$hash" ]; then
         log "arm64: kernel cached ($(cat "$A64/kernel-version" 2>/dev/null), config $hash)"
     else
@@ -349,15 +429,18 @@ prepare_arm64() {
         while read -r line; do
             [ -n "$line" ] || continue
             set -- $line
-            if [ "$1" = -e ]; then sym=$2 val=y; else sym=$2 val=$3; fi
+            case $1 in -e) sym=$2 val=y ;; -m) sym=$2 val=m ;; *) sym=$2 val=$3 ;; esac
             got=$(grep -E "^CONFIG_$sym=" "$obj/.config" | cut -d= -f2-)
             [ "$got" = "$val" ] || { log "arm64: CONFIG_$sym is '${got:-unset}', wanted $val"; bad=1; }
         done <<<"$ARM64_CONFIG"
         [ $bad -eq 0 ] || die "arm64 kernel configuration incomplete"
         done_step
 
-        step "arm64: build Image (-j$JOBS)"
-        "${kmake[@]}" -j"$JOBS" Image >&2 || die "arm64 kernel build failed"
+        step "arm64: build Image and modules (-j$JOBS)"
+        "${kmake[@]}" -j"$JOBS" Image modules >&2 || die "arm64 kernel build failed"
+        mkdir -p "$A64/stall/upstream"
+        cp "$obj/drivers/misc/vcpu_stall_detector.ko" "$A64/stall/upstream/"
+        echo "$obj" > "$A64/kernel-obj"; echo "$src" > "$A64/kernel-src"
         cp "$obj/arch/arm64/boot/Image" "$A64/Image.tmp"
         cp "$obj/.config" "$A64/config"
         echo "linux $ver ($up)" > "$A64/kernel-version"
@@ -377,9 +460,70 @@ prepare_arm64() {
         rm -rf "$tmp"
         done_step
     fi
+    build_stall_patched
+    step "arm64: kexec-load"
+    aarch64-linux-gnu-gcc -static -nostdlib -ffreestanding -fno-stack-protector -O2 -Wall \
+        -o "$A64/kexec-load" "$VIGIL_ROOT/tests/guest/kexec-load/kexec-load.c" >&2 || die "kexec-load build failed"
+    done_step
     step "arm64: initramfs"
-    build_initrd arm64 "$A64/busybox" "$A64/initrd.gz"
+    local extra=$A64/initrd.extra d
+    {
+        echo "file /bin/kexec-load $A64/kexec-load 755"
+        echo "dir /lib/modules/stall 755"
+        for d in upstream patched; do
+            [ -f "$A64/stall/$d/vcpu_stall_detector.ko" ] || continue
+            echo "dir /lib/modules/stall/$d 755"
+            echo "file /lib/modules/stall/$d/vcpu_stall_detector.ko $A64/stall/$d/vcpu_stall_detector.ko 644"
+        done
+    } > "$extra"
+    build_initrd arm64 "$A64/busybox" "$A64/initrd.gz" "" "$extra"
     done_step "$(stat -c %s "$A64/initrd.gz") bytes"
+    step "arm64: kdump initramfs (+ /boot/Image, /boot/initrd.gz)"
+    { cat "$extra"; echo "dir /boot 755"; echo "file /boot/Image $A64/Image 644"
+      echo "file /boot/initrd.gz $A64/initrd.gz 644"; } > "$extra.kdump"
+    build_initrd arm64 "$A64/busybox" "$A64/initrd-kdump.gz" "" "$extra.kdump"
+    done_step "$(stat -c %s "$A64/initrd-kdump.gz") bytes"
+}
+
+# The patched stall driver: patches/linux/*.patch applied to a copy of the kernel's
+# drivers/misc/vcpu_stall_detector.c, built out of tree (M=) against the kernel build
+# above. Rebuilt when the kernel or the patches change; removed when there are none.
+build_stall_patched() {
+    local patches=() p hash work obj src
+    for p in "$VIGIL_ROOT"/patches/linux/*.patch; do [ -f "$p" ] && patches+=("$p"); done
+    if [ ${#patches[@]} -eq 0 ]; then
+        rm -rf "$A64/stall/patched"
+        log "arm64: no patches/linux/*.patch: only the upstream stall driver"
+        return 0
+    fi
+    hash=$( { cat "$A64/Image.confighash"; cat "${patches[@]}"; } | sha256sum | cut -c1-16)
+    if [ -f "$A64/stall/patched/vcpu_stall_detector.ko" ] &&
+        [ "$(cat "$A64/stall/patched/hash" 2>/dev/null)" = "$hash" ]; then
+        log "arm64: patched stall driver cached ($hash)"
+        return 0
+    fi
+    step "arm64: patched stall driver (${#patches[@]} patch(es), out of tree)"
+    obj=$(cat "$A64/kernel-obj") src=$(cat "$A64/kernel-src")
+    work=$A64/stall-patched-src
+    rm -rf "$work" "$A64/stall/patched"; mkdir -p "$work/drivers/misc" "$A64/stall/patched"
+    cp "$src/drivers/misc/vcpu_stall_detector.c" "$work/drivers/misc/"
+    # A patch that does not apply or build leaves no patched driver (the guest's
+    # /init then prints "stall driver patched FAILED"); the rest stays usable.
+    for p in "${patches[@]}"; do
+        if ! patch -s -p1 -d "$work" < "$p" >&2; then
+            log "arm64: WARNING: $(basename "$p") does not apply to drivers/misc/vcpu_stall_detector.c: no patched stall driver"
+            rm -rf "$A64/stall/patched"; return 0
+        fi
+    done
+    echo 'obj-m := vcpu_stall_detector.o' > "$work/drivers/misc/Kbuild"
+    if ! make -C "$src" O="$obj" ARCH=arm64 CROSS_COMPILE=aarch64-linux-gnu- -s \
+        M="$work/drivers/misc" modules >&2; then
+        log "arm64: WARNING: the patched stall driver does not build (see above): no patched stall driver"
+        rm -rf "$A64/stall/patched"; return 0
+    fi
+    cp "$work/drivers/misc/vcpu_stall_detector.ko" "$A64/stall/patched/"
+    echo "$hash" > "$A64/stall/patched/hash"
+    done_step "$hash"
 }
 
 targets=${GUEST_KERNELS:-x86_64 arm64}
@@ -394,6 +538,9 @@ log "guests ready in $(elapsed "$T_ALL") (under $G)"
 for a in $targets; do
     case $a in
         x86_64) echo "X86_KERNEL=$X86/vmlinuz"; echo "X86_INITRD=$X86/initrd.gz" ;;
-        arm64) echo "ARM64_KERNEL=$A64/Image"; echo "ARM64_INITRD=$A64/initrd.gz" ;;
+        arm64) echo "ARM64_KERNEL=$A64/Image"; echo "ARM64_INITRD=$A64/initrd.gz"
+               echo "ARM64_KDUMP_INITRD=$A64/initrd-kdump.gz"
+               if [ -f "$A64/stall/patched/vcpu_stall_detector.ko" ]; then
+                   echo ARM64_STALL_PATCHED=yes; else echo ARM64_STALL_PATCHED=no; fi ;;
     esac
 done
