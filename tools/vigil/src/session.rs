@@ -213,10 +213,12 @@ impl Session<'_> {
                 Some(Value::Number(n)) => n.to_string(),
                 _ => "unknown".into(),
             };
-            let stage = match data.get("stage").and_then(Value::as_str) {
-                Some(s @ ("warning" | "action")) => s,
-                _ => "unknown",
-            };
+            // a label only takes known values (no cardinality from garbage)
+            let stage = data
+                .get("stage")
+                .and_then(Value::as_str)
+                .filter(|s| matches!(*s, "warning" | "action"))
+                .unwrap_or("unknown");
             m.stall(&self.ctx.vm, &cpu, stage, repeat);
         }
         let decision = decide(name, data, &policies);
