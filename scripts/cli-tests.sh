@@ -23,6 +23,13 @@ qemu_fails_with() {
     grep -qE -- "$pat" <<<"$out" || { echo "expected /$pat/, got: $out"; return 1; }
 }
 
+# qemu_starts_warning PATTERN ARGS...: QEMU starts (and quits on request), warning PATTERN
+qemu_starts_warning() {
+    local pat=$1 out; shift
+    out=$(echo quit | timeout 30 "$@" -display none -S -monitor stdio 2>&1) || { echo "QEMU failed: $out"; return 1; }
+    grep -qE -- "$pat" <<<"$out" || { echo "expected /$pat/, got: $out"; return 1; }
+}
+
 # dts ARGS...: the guest's device tree for an aarch64 virt command line
 dts() {
     timeout 30 "$A64" -machine "virt,dumpdtb=$tmp/virt.dtb" "$@" -display none >&2 &&
@@ -55,6 +62,17 @@ check "stall-detector: rejects ppi=16 naming the property" \
     qemu_fails_with "property 'ppi'" "$A64" -M virt -device vcpu-stall-detector,ppi=16
 check "stall-detector: rejects a PPI the virt board uses (timer PPI 14)" \
     qemu_fails_with "property 'ppi' \(14\) is already used" "$A64" -M virt -device vcpu-stall-detector,ppi=14
+# -action watchdog=inject-nmi does nothing on virt (no NMI interface there)
+check "stall-detector: refuses -action watchdog=inject-nmi on virt (no NMI there)" \
+    qemu_fails_with "inject-nmi.*no NMI" "$A64" -M virt -action watchdog=inject-nmi -device vcpu-stall-detector
+# Record/replay: a countdown over host CPU time would make replay diverge
+rr_file=$tmp/replay.bin
+check "stall-detector: clock=vcpu-runtime refused under record/replay, naming the property" \
+    qemu_fails_with "property 'clock'.*record/replay" "$A64" -M virt -icount shift=5,rr=record,rrfile="$rr_file" \
+        -device vcpu-stall-detector,clock=vcpu-runtime
+check "stall-detector: under record/replay the default clock falls back to virtual (with a warning)" \
+    qemu_starts_warning "record/replay.*'virtual'" "$A64" -M virt -icount shift=5,rr=record,rrfile="$rr_file" \
+        -device vcpu-stall-detector
 check "stall-detector: a second instance is refused" \
     qemu_fails_with "only one vcpu-stall-detector" "$A64" -M virt -device vcpu-stall-detector -device vcpu-stall-detector
 
@@ -190,8 +208,11 @@ pvpanic_help() {
 }
 check "pvpanic: -device pvpanic,help shows ioport and events with C's defaults" pvpanic_help
 
-check "pvpanic: rejects events=8 naming the property" \
-    qemu_fails_with "'events' has unknown bits" "$X86" -M q35 -device pvpanic,events=8
+# The C devices accept any events value (and advertise it): so do ours.
+check "pvpanic: -global pvpanic.events=15 starts as with C QEMU, warning about bit 0x8" \
+    qemu_starts_warning "warning: pvpanic: property 'events' has bits 0x8" "$X86" -M q35 -global pvpanic.events=15 -device pvpanic
+check "pvpanic-mmio: events=255 starts, warning about bits 0xf8" \
+    qemu_starts_warning "warning: pvpanic-mmio: property 'events' has bits 0xf8" "$A64" -M virt -device pvpanic-mmio,events=255
 
 pvpanic_mmio_node() {
     local n

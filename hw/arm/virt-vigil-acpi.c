@@ -15,7 +15,7 @@
  *     _HID "PRP0001", _UID n,
  *     _CRS { Memory32Fixed (one 16-byte bank per CPU),
  *            Interrupt (Consumer, Edge, ActiveHigh, Exclusive) { 16 + ppi } }
- *     _DSD { ToUUID ("daffd814-6eba-4d8c-8a91-bc9bbf4aa301"), Package {
+ *     _DSD { ToUUID ("DAFFD814-6EBA-4D8C-8A91-BC9BBF4AA301"), Package {
  *            Package { "compatible", "qemu,vcpu-stall-detector" },
  *            Package { "clock-frequency", <clock-frequency> },
  *            Package { "timeout-sec", <timeout-sec> } } }
@@ -42,7 +42,7 @@
 #include "hw/arm/virt-vigil-acpi.h"
 
 /* ACPI 6.x device properties UUID (_DSD), per the DSD guide */
-#define ACPI_DSD_DEVICE_PROPERTIES_UUID "daffd814-6eba-4d8c-8a91-bc9bbf4aa301"
+#define ACPI_DSD_DEVICE_PROPERTIES_UUID "DAFFD814-6EBA-4D8C-8A91-BC9BBF4AA301"
 
 typedef struct VigilAcpiState {
     VirtMachineState *vms;

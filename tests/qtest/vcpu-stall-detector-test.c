@@ -22,11 +22,16 @@
 #define NS_PER_SEC      1000000000LL
 #define QOM_PATH        "/machine/peripheral/sd"
 
+static QTestState *start_smp(int cpus, const char *extra)
+{
+    return qtest_initf("-machine virt -smp %d "
+                       "-device vcpu-stall-detector,id=sd,clock=virtual%s",
+                       cpus, extra ? extra : "");
+}
+
 static QTestState *start(const char *extra)
 {
-    return qtest_initf("-machine virt -smp 2 "
-                       "-device vcpu-stall-detector,id=sd,clock=virtual%s",
-                       extra ? extra : "");
+    return start_smp(2, extra);
 }
 
 static void wr(QTestState *qts, int cpu, int reg, uint32_t val)
@@ -63,6 +68,8 @@ static void check_stall(QDict *ev, int cpu, uint64_t budget_ms,
     data = qdict_get_qdict(ev, "data");
     g_assert_cmpstr(qdict_get_str(data, "qom-path"), ==, QOM_PATH);
     g_assert_cmpint(qdict_get_int(data, "cpu-index"), ==, cpu);
+    /* qtest accesses come from no vCPU: bank N counts for vCPU N */
+    g_assert_cmpint(qdict_get_int(data, "bank"), ==, cpu);
     g_assert_cmpuint(qdict_get_uint(data, "budget-ms"), ==, budget_ms);
     g_assert_cmpstr(qdict_get_str(data, "stage"), ==, stage);
     qobject_unref(ev);
@@ -194,7 +201,7 @@ static void test_each_action(void)
         { "pause", "STOP" },
         { "debug", NULL },              /* only a message on stderr */
         { "none", NULL },
-        { "inject-nmi", NULL },
+        /* inject-nmi: refused at realize on virt (no NMI), see below */
     };
 
     for (int i = 0; i < ARRAY_SIZE(cases); i++) {
@@ -443,6 +450,288 @@ static void test_hostile_input(void)
     qtest_quit(qts);
 }
 
+/*
+ * inject-nmi does nothing on virt: refused at start-up (scripts/cli-tests.sh);
+ * switched to at run time it is still reported, and the device warns.
+ */
+static void test_inject_nmi_at_run_time(void)
+{
+    QTestState *qts = start(",immediate-action=on -action watchdog=none");
+
+    qtest_qmp_assert_success(qts, "{'execute': 'watchdog-set-action',"
+                             " 'arguments': { 'action': 'inject-nmi' } }");
+    arm_bank(qts, 1, 10, 1);
+    qtest_clock_step(qts, 100 * NS_PER_MS);
+    check_stall(qtest_qmp_eventwait_ref(qts, "VCPU_STALL"), 1, 100, "action");
+    vigil_expect_action(qts, "WATCHDOG", "inject-nmi");
+    qtest_quit(qts);
+}
+
+/* Every event a test receives, counted as it arrives */
+#define COUNT_BANKS 4
+typedef struct EventCounts {
+    int stall[COUNT_BANKS];     /* VCPU_STALL per bank */
+    int warning, action, ongoing, watchdog, stop, reset, powerdown;
+} EventCounts;
+
+static bool count_event(QTestState *qts, const char *name, QDict *ev,
+                        void *opaque)
+{
+    EventCounts *c = opaque;
+
+    if (g_str_equal(name, "VCPU_STALL")) {
+        QDict *data = qdict_get_qdict(ev, "data");
+        const char *stage = qdict_get_str(data, "stage");
+        int bank = qdict_get_int(data, "bank");
+
+        g_assert_cmpint(bank, >=, 0);
+        g_assert_cmpint(bank, <, COUNT_BANKS);
+        g_assert_cmpint(qdict_get_int(data, "cpu-index"), ==, bank);
+        c->stall[bank]++;
+        if (g_str_equal(stage, "warning")) {
+            c->warning++;
+        } else if (g_str_equal(stage, "action")) {
+            c->action++;
+        } else {
+            g_assert_cmpstr(stage, ==, "ongoing");
+            c->ongoing++;
+        }
+    } else if (g_str_equal(name, "WATCHDOG")) {
+        c->watchdog++;
+    } else if (g_str_equal(name, "STOP")) {
+        c->stop++;
+    } else if (g_str_equal(name, "RESET")) {
+        c->reset++;
+    } else if (g_str_equal(name, "POWERDOWN")) {
+        c->powerdown++;
+    }
+    return false;       /* keep it for qtest_qmp_eventwait() too */
+}
+
+/* Receives every event QEMU sent so far (a QMP round trip) */
+static void flush_events(QTestState *qts)
+{
+    qtest_qmp_assert_success(qts, "{'execute': 'query-status'}");
+}
+
+/* Receives events until *@count reaches @n (a run-state change is async) */
+static void wait_count(QTestState *qts, const int *count, int n)
+{
+    for (int i = 0; i < 500 && *count < n; i++) {
+        flush_events(qts);
+        if (*count < n) {
+            g_usleep(10 * 1000);
+        }
+    }
+    g_assert_cmpint(*count, >=, n);
+}
+
+static int sum(const int *v, int n)
+{
+    int total = 0;
+
+    for (int i = 0; i < n; i++) {
+        total += v[i];
+    }
+    return total;
+}
+
+/*
+ * A hostile guest: every bank with LOAD_CNT 0, rewritten whenever it ran
+ * out (warning after 1 ms, action stage after 2 ms), for 2 s. Unthrottled
+ * that is 8000 events; QEMU's monitor lets through one a second per
+ * device, vCPU, bank and stage, and the device takes the action at most
+ * once a second.
+ */
+static void test_event_flood_is_throttled(void)
+{
+    enum { CPUS = COUNT_BANKS, ROUNDS = 1000 };
+    QTestState *qts = start_smp(CPUS, " -action watchdog=none");
+    EventCounts c = { 0 };
+    int events;
+
+    qtest_qmp_set_event_callback(qts, count_event, &c);
+    for (int cpu = 0; cpu < CPUS; cpu++) {
+        arm_bank(qts, cpu, 10, 0);
+    }
+    for (int i = 0; i < ROUNDS; i++) {
+        qtest_clock_step(qts, 2 * NS_PER_MS);
+        for (int cpu = 0; cpu < CPUS; cpu++) {
+            wr(qts, cpu, LOAD_CNT, 0);
+        }
+    }
+    /* Let the last throttled events out */
+    qtest_clock_step(qts, 2 * NS_PER_SEC);
+    flush_events(qts);
+    events = sum(c.stall, CPUS);
+    g_test_message("hostile loop, %d banks, 2 s: %d VCPU_STALL events "
+                   "(%d warning, %d action, %d ongoing) of %d expiries; "
+                   "%d WATCHDOG", CPUS, events, c.warning, c.action,
+                   c.ongoing, 2 * CPUS * ROUNDS, c.watchdog);
+    /*
+     * At most one a second per bank and stage (warning, action, ongoing),
+     * over 2 s of flood and the trailing ones: 4 each
+     */
+    g_assert_cmpint(events, <=, CPUS * 3 * 4);
+    for (int cpu = 0; cpu < CPUS; cpu++) {
+        g_assert_cmpint(c.stall[cpu], >=, 2);  /* every bank reported */
+    }
+    /* Actions at most once a second: at 2 ms, 1.002 s, 2.002 s */
+    g_assert_cmpint(c.watchdog, ==, 3);
+    g_assert_cmpint(c.action, ==, 3);
+
+    /* The device still works normally afterwards */
+    memset(&c, 0, sizeof(c));
+    for (int cpu = 0; cpu < CPUS; cpu++) {
+        wr(qts, cpu, STATUS, 0);
+    }
+    arm_bank(qts, 1, 10, 10);
+    qtest_clock_step(qts, NS_PER_SEC - 1);
+    flush_events(qts);
+    g_assert_cmpint(sum(c.stall, CPUS), ==, 0);
+    qtest_clock_step(qts, 1);
+    flush_events(qts);
+    g_assert_cmpint(c.stall[1], ==, 1);
+    g_assert_cmpint(c.warning, ==, 1);
+    qtest_quit(qts);
+}
+
+/*
+ * One hang, one action: four vCPUs stall together, a little apart (the
+ * lock holder first, then its waiters). Every vCPU is reported, the action
+ * is taken once; the episode ends when every bank was reloaded (or at a
+ * reset), and the next hang acts again.
+ */
+static void test_one_hang_one_action(void)
+{
+    static const struct {
+        const char *action;
+        int stop, reset, powerdown;     /* what the action causes */
+    } cases[] = {
+        { "pause", 1, 0, 0 },
+        { "reset", 0, 1, 0 },
+        { "none", 0, 0, 0 },
+        { "shutdown", 0, 0, 1 },
+    };
+    enum { CPUS = COUNT_BANKS };
+
+    for (int i = 0; i < ARRAY_SIZE(cases); i++) {
+        g_autofree char *args = g_strdup_printf(" -action watchdog=%s",
+                                                cases[i].action);
+        QTestState *qts = start_smp(CPUS, args);
+        bool pause = g_str_equal(cases[i].action, "pause");
+        bool reset = g_str_equal(cases[i].action, "reset");
+        EventCounts c = { 0 };
+
+        g_test_message("action %s", cases[i].action);
+        qtest_qmp_set_event_callback(qts, count_event, &c);
+        /* 1 s budgets; CPU 0 stalls first, the others 300 ms later */
+        arm_bank(qts, 0, 10, 10);
+        qtest_clock_step(qts, 300 * NS_PER_MS);
+        for (int cpu = 1; cpu < CPUS; cpu++) {
+            arm_bank(qts, cpu, 10, 10);
+        }
+        /* Warnings at 1 s / 1.3 s; action stages at 2 s / 2.3 s */
+        qtest_clock_step(qts, 1700 * NS_PER_MS);
+        if (pause) {
+            /* What libvirt's <watchdog action='dump'/> does: dump, cont */
+            wait_count(qts, &c.stop, 1);
+            qtest_qmp_assert_success(qts, "{'execute': 'cont'}");
+        }
+        qtest_clock_step(qts, 10 * NS_PER_SEC);
+        flush_events(qts);
+        if (reset) {
+            wait_count(qts, &c.reset, 1);
+        }
+        g_assert_cmpint(c.watchdog, ==, 1);
+        g_assert_cmpint(c.action, ==, 1);
+        g_assert_cmpint(c.stop, ==, cases[i].stop);
+        g_assert_cmpint(c.reset, ==, cases[i].reset);
+        g_assert_cmpint(c.powerdown, ==, cases[i].powerdown);
+        if (!reset) {
+            /* Every vCPU reported: a warning, then action or ongoing */
+            for (int cpu = 0; cpu < CPUS; cpu++) {
+                g_assert_cmpint(c.stall[cpu], ==, 2);
+            }
+            g_assert_cmpint(c.ongoing, ==, CPUS - 1);
+            /* The episode ends when every bank was reloaded ... */
+            for (int cpu = 0; cpu < CPUS; cpu++) {
+                wr(qts, cpu, LOAD_CNT, 10);
+            }
+        } else {
+            /* A reset clears the banks and ends the episode */
+            g_assert_cmpuint(rd(qts, 0, STATUS), ==, 0);
+            g_assert_cmpint(c.stall[0], ==, 2);
+            g_assert_cmpint(c.ongoing, ==, 0);
+            arm_bank(qts, 2, 10, 10);
+        }
+        /* ... and the next hang takes the action again */
+        qtest_clock_step(qts, 2 * NS_PER_SEC);
+        if (pause) {
+            wait_count(qts, &c.stop, 2);
+            qtest_qmp_assert_success(qts, "{'execute': 'cont'}");
+        }
+        flush_events(qts);
+        if (reset) {
+            wait_count(qts, &c.reset, 2);
+        }
+        g_assert_cmpint(c.watchdog, ==, 2);
+        g_assert_cmpint(c.action, ==, 2);
+        g_assert_cmpint(c.stop, ==, 2 * cases[i].stop);
+        g_assert_cmpint(c.reset, ==, 2 * cases[i].reset);
+        g_assert_cmpint(c.powerdown, ==, 2 * cases[i].powerdown);
+        qtest_quit(qts);
+    }
+}
+
+/*
+ * clock=vcpu-runtime across migration: every vCPU's clock is known from
+ * its thread at realize, so a destination whose vCPU threads never ran
+ * keeps the remaining budget (qtest's vCPU threads run no guest code: the
+ * countdown stands still on both sides).
+ */
+static void test_migration_vcpu_runtime(void)
+{
+    g_autofree char *dir = g_dir_make_tmp("stall-mig-XXXXXX", NULL);
+    g_autofree char *uri = g_strdup_printf("unix:%s/mig.sock", dir);
+    g_autofree char *sock = g_strdup_printf("%s/mig.sock", dir);
+    const char *args = "-machine virt -smp 2 -action watchdog=none "
+        "-device vcpu-stall-detector,id=sd,clock=vcpu-runtime";
+    QTestState *src = qtest_init(args);
+    g_autofree char *dargs = g_strdup_printf("%s -incoming %s", args, uri);
+    QTestState *dst = qtest_init(dargs);
+    QDict *rsp;
+    const char *status;
+
+    arm_bank(src, 1, 10, 50);
+    qtest_clock_step(src, 3 * NS_PER_SEC);
+    g_assert_cmpuint(rd(src, 1, CURRENT_CNT), ==, 50);
+    qtest_qmp_assert_success(src, "{'execute': 'migrate',"
+                             " 'arguments': { 'uri': %s } }", uri);
+    do {
+        g_usleep(20 * 1000);
+        rsp = qtest_qmp(src, "{'execute': 'query-migrate'}");
+        status = qdict_get_try_str(qdict_get_qdict(rsp, "return"), "status");
+        g_assert_cmpstr(status, !=, "failed");
+        if (g_str_equal(status, "completed")) {
+            qobject_unref(rsp);
+            break;
+        }
+        qobject_unref(rsp);
+    } while (true);
+    qtest_qmp_eventwait(dst, "RESUME");
+    g_assert_cmpuint(rd(dst, 1, STATUS), ==, 1);
+    g_assert_cmpuint(rd(dst, 1, CURRENT_CNT), ==, 50);
+    qtest_clock_step(dst, 10 * NS_PER_SEC);
+    g_assert_cmpuint(rd(dst, 1, CURRENT_CNT), ==, 50);
+    assert_no_stall_yet(dst);
+
+    qtest_quit(src);
+    qtest_quit(dst);
+    unlink(sock);
+    rmdir(dir);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -466,6 +755,14 @@ int main(int argc, char **argv)
     qtest_add_func("/vcpu-stall-detector/migration-keeps-budget",
                    test_migration_keeps_budget);
     qtest_add_func("/vcpu-stall-detector/qom-state", test_qom_state);
+    qtest_add_func("/vcpu-stall-detector/inject-nmi-at-run-time",
+                   test_inject_nmi_at_run_time);
+    qtest_add_func("/vcpu-stall-detector/event-flood-is-throttled",
+                   test_event_flood_is_throttled);
+    qtest_add_func("/vcpu-stall-detector/one-hang-one-action",
+                   test_one_hang_one_action);
+    qtest_add_func("/vcpu-stall-detector/migration-vcpu-runtime",
+                   test_migration_vcpu_runtime);
 
     return g_test_run();
 }

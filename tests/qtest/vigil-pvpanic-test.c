@@ -157,6 +157,27 @@ static void test_libvirt_command_line(void)
     qtest_quit(qts);
 }
 
+/*
+ * The C device accepts any events value and advertises it as given: so does
+ * ours (with a warning), so that -global pvpanic.events=15 keeps working.
+ */
+static void test_events_compat_values(void)
+{
+    static const uint8_t values[] = { 0, 1, 3, 7, 15, 0xff };
+
+    for (int i = 0; i < ARRAY_SIZE(values); i++) {
+        QTestState *qts = qtest_initf("-global pvpanic.events=%u "
+                                      "-device pvpanic -action panic=none",
+                                      values[i]);
+
+        g_assert_cmphex(qtest_inb(qts, PORT), ==, values[i]);
+        /* Known bits act whatever is advertised, as in C */
+        qtest_outb(qts, PORT, PVPANIC_PANICKED);
+        qobject_unref(qtest_qmp_eventwait_ref(qts, "GUEST_PANICKED"));
+        qtest_quit(qts);
+    }
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -166,6 +187,8 @@ int main(int argc, char **argv)
     qtest_add_func("/vigil-pvpanic/priority", test_priority);
     qtest_add_func("/vigil-pvpanic/unknown-bits", test_unknown_bits);
     qtest_add_func("/vigil-pvpanic/events-mask", test_events_mask);
+    qtest_add_func("/vigil-pvpanic/events-compat-values",
+                   test_events_compat_values);
     qtest_add_func("/vigil-pvpanic/custom-port", test_custom_port);
     qtest_add_func("/vigil-pvpanic/compat-5.1", test_compat_5_1);
     qtest_add_func("/vigil-pvpanic/libvirt-command-line",

@@ -557,6 +557,12 @@ pub enum Report {
     Ongoing,
 }
 
+/// Actions are at least this far apart (ns of QEMU's virtual clock), even
+/// across episodes: a guest that stalls and recovers in a loop (it controls
+/// the budget, down to [`MIN_TIMER_NS`]) cannot make the host reset, pause
+/// or print more than once a second.
+pub const MIN_ACTION_INTERVAL_NS: u64 = 1_000_000_000;
+
 /// One hang, one action.
 ///
 /// A hang rarely stays on one vCPU: the lock holder stalls, then its
@@ -566,24 +572,32 @@ pub enum Report {
 /// machine is reset. Within an episode further expiries are still reported
 /// (every stalled vCPU gets its event), but the action is not taken again:
 /// a management tool that dumps and resumes after a pause gets one dump
-/// per hang, not one per stalled vCPU.
+/// per hang, not one per stalled vCPU. An action due less than
+/// [`MIN_ACTION_INTERVAL_NS`] after the last one is reported as ongoing too.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Episode {
     /// The action was taken and the episode has not ended yet.
     pub acted: bool,
+    /// When the last action was taken (virtual clock), if ever: plus one,
+    /// so that 0 means never.
+    pub last_action: u64,
 }
 
 impl Episode {
-    /// A bank's budget ran out; `act` is [`Deadline::Expired`]'s.
-    pub fn report(&mut self, act: bool) -> Report {
-        match (act, self.acted) {
-            (false, _) => Report::Warning,
-            (true, true) => Report::Ongoing,
-            (true, false) => {
-                self.acted = true;
-                Report::Action
-            }
+    /// A bank's budget ran out at virtual time `now`; `act` is
+    /// [`Deadline::Expired`]'s.
+    pub fn report(&mut self, act: bool, now: u64) -> Report {
+        if !act {
+            return Report::Warning;
         }
+        let too_soon =
+            self.last_action != 0 && now.saturating_sub(self.last_action - 1) < MIN_ACTION_INTERVAL_NS;
+        if self.acted || too_soon {
+            return Report::Ongoing;
+        }
+        self.acted = true;
+        self.last_action = now.saturating_add(1);
+        Report::Action
     }
 
     /// Called when a bank stopped being stalled, with whether any bank
@@ -913,15 +927,30 @@ mod tests {
     #[test]
     fn one_hang_one_action() {
         let mut e = Episode::default();
-        assert_eq!(e.report(false), Report::Warning);
-        assert_eq!(e.report(true), Report::Action);
-        assert_eq!(e.report(false), Report::Warning, "warnings stay warnings");
-        assert_eq!(e.report(true), Report::Ongoing);
-        assert_eq!(e.report(true), Report::Ongoing);
+        assert_eq!(e.report(false, 0), Report::Warning);
+        assert_eq!(e.report(true, 0), Report::Action, "at time 0 too");
+        assert_eq!(e.report(false, S), Report::Warning, "warnings stay warnings");
+        assert_eq!(e.report(true, 2 * S), Report::Ongoing);
+        assert_eq!(e.report(true, 3 * S), Report::Ongoing);
         assert!(!e.settle(true), "a bank is still stalled");
         assert!(e.settle(false));
         assert!(!e.settle(false), "ends once");
-        assert_eq!(e.report(true), Report::Action, "a new hang acts again");
+        assert_eq!(e.report(true, 4 * S), Report::Action, "a new hang acts again");
+    }
+
+    #[test]
+    fn actions_are_a_second_apart_even_across_episodes() {
+        let mut e = Episode::default();
+        let mut actions = 0;
+        // Stall and recover every 2 ms for 10 s.
+        for t in (0..10 * S).step_by(2_000_000) {
+            if e.report(true, t) == Report::Action {
+                actions += 1;
+            }
+            e.settle(false);
+        }
+        assert_eq!(actions, 10);
+        assert_eq!(e.report(true, 10 * S + S), Report::Action);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use bql::BqlCell;
 use util::{log::Log, log_mask_ln};
-use vigil_core::pvpanic::{decode_write, Event};
+use vigil_core::pvpanic::{decode_write, events_warning, Event};
 
 ::trace::include_trace!("vigil");
 
@@ -17,6 +17,17 @@ mod ffi {
         pub fn qemu_system_guest_panicked(info: *mut std::ffi::c_void);
         pub fn qemu_system_guest_crashloaded(info: *mut std::ffi::c_void);
         pub fn qemu_system_guest_pvshutdown();
+        pub fn warn_report(fmt: *const std::ffi::c_char, ...);
+    }
+}
+
+/// Realize-time check of a front end's `events` property: like the C
+/// devices, any value is accepted; unknown bits get a warning on stderr.
+pub fn check_events(device: &str, events: u8) {
+    if let Some(w) = events_warning(events) {
+        let msg = std::ffi::CString::new(format!("{device}: {w}")).unwrap_or_default();
+        // SAFETY: a "%s" format with one NUL-terminated string argument.
+        unsafe { ffi::warn_report(c"%s".as_ptr(), msg.as_ptr()) };
     }
 }
 

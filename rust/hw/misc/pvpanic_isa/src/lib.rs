@@ -23,7 +23,7 @@ use qom::{
     bindings::InterfaceInfo, bindings::TypeInfo, prelude::*, ObjectImpl, ParentField, ParentInit,
 };
 use system::{hwaddr, MemoryRegion, MemoryRegionOps, MemoryRegionOpsBuilder};
-use vigil_core::pvpanic::{validate_events, ALL};
+use vigil_core::pvpanic::ALL;
 
 pub const TYPE_PVPANIC_ISA: &CStr = c"pvpanic";
 
@@ -122,7 +122,7 @@ impl PvPanicIsa {
     }
 
     fn realize(&self) -> util::Result<()> {
-        validate_events(self.events).map_err(|e| util::Error::msg(format!("pvpanic: {e}")))?;
+        pvpanic::check_events("pvpanic", self.events);
         // As the C device: without fw_cfg (no firmware to tell), no port.
         let Some(fw_cfg) = ffi::FwCfg::find() else {
             return Ok(());

@@ -18,7 +18,7 @@ use hwcore::{
 use pvpanic::PvPanicRegister;
 use qom::{prelude::*, ObjectImpl, ParentField, ParentInit};
 use system::{hwaddr, MemoryRegion, MemoryRegionOps, MemoryRegionOpsBuilder};
-use vigil_core::pvpanic::{validate_events, CRASH_LOADED, PANICKED};
+use vigil_core::pvpanic::{CRASH_LOADED, PANICKED};
 
 pub const TYPE_PVPANIC_MMIO: &CStr = c"pvpanic-mmio";
 
@@ -97,7 +97,8 @@ impl PvPanicMmio {
     }
 
     fn realize(&self) -> util::Result<()> {
-        validate_events(self.events).map_err(|e| util::Error::msg(format!("pvpanic-mmio: {e}")))
+        pvpanic::check_events("pvpanic-mmio", self.events);
+        Ok(())
     }
 
     fn read(&self, _offset: hwaddr, _size: u32) -> u64 {

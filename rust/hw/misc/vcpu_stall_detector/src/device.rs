@@ -5,8 +5,11 @@
 //! * MMIO: one 0x10-byte bank per vCPU; decode and semantics are
 //!   `vigil_core::stall`'s.
 //! * Time source per bank (`clock` property): `vcpu-runtime` (default) reads
-//!   the CPU-time clock of the bank's vCPU thread, learned by running a work
-//!   item on that thread; `virtual` reads `QEMU_CLOCK_VIRTUAL`.
+//!   the CPU-time clock of the thread of the bank's owner, the vCPU that
+//!   last enabled or reloaded it (`vigil_core::stall::Owners`); every vCPU's
+//!   clock is known from its thread id at realize. `virtual` reads
+//!   `QEMU_CLOCK_VIRTUAL`.
+//! * One hang, one action: `vigil_core::stall::Episode`.
 //! * One host timer per bank on `QEMU_CLOCK_VIRTUAL`, armed only when a
 //!   countdown starts and moved (never fired) by every reload: a healthy
 //!   guest causes no timer expiries. A vCPU cannot run longer than the
@@ -39,7 +42,9 @@ use util::{
     log_mask_ln,
     timer::{Timer, CLOCK_VIRTUAL},
 };
-use vigil_core::stall::{self, Bank, Deadline, Policy, Register, BANK_SIZE};
+use vigil_core::stall::{
+    self, Bank, Deadline, Episode, Owners, Policy, Register, Report, Stage, BANK_SIZE,
+};
 
 use crate::ffi::{self, StrProp};
 
@@ -91,9 +96,9 @@ pub struct BankState {
     index: u32,
     timer: Timer,
     dev: NonNull<VcpuStallDetector>,
-    /// The vCPU thread's CPU-time clock, once that thread reported it.
-    cpu_clock: Option<libc::clockid_t>,
     bank: Bank,
+    /// The vCPU whose interrupt this bank raised (its owner's), if raised.
+    irq_raised: Option<u32>,
 }
 
 // SAFETY: `dev` is only dereferenced to a shared reference, under the BQL.
@@ -115,8 +120,8 @@ impl BankState {
             // SAFETY: initialized by init_timer before use.
             timer: unsafe { Timer::new() },
             dev: NonNull::new(dev.cast_mut()).unwrap(),
-            cpu_clock: None,
             bank: Bank::default(),
+            irq_raised: None,
         }
     }
 
@@ -127,32 +132,14 @@ impl BankState {
         timer.init_full(None, CLOCK_VIRTUAL, Timer::NS, 0, bank_timer_cb, cell);
     }
 
-    pub fn set_cpu_clock(&mut self, id: libc::clockid_t) {
-        self.cpu_clock = Some(id);
-        trace::trace_vcpu_stall_clock(self.index, id);
-    }
-
-    /// The bank's time source now, in ns. Before the vCPU thread reported
-    /// its clock the vCPU has not run guest code: time stands still.
-    fn now(&self, source: Source) -> u64 {
-        Self::read_source(source, self.cpu_clock)
-    }
-
-    fn read_source(source: Source, cpu_clock: Option<libc::clockid_t>) -> u64 {
-        match source {
-            Source::Virtual => CLOCK_VIRTUAL.get_ns(),
-            Source::VcpuRuntime => cpu_clock.and_then(ffi::cpu_clock_ns).unwrap_or(0),
-        }
-    }
-
     pub fn stat(&self, stat: BankStat) -> u32 {
         match stat {
             BankStat::Enabled => u32::from(self.bank.enabled()),
             BankStat::Stalls => self.bank.stalls,
             BankStat::RemainingTicks => {
                 // SAFETY: the device outlives its banks.
-                let source = unsafe { self.dev.as_ref() }.source();
-                self.bank.read(Register::CurrentCnt, self.now(source))
+                let now = unsafe { self.dev.as_ref() }.now(self.bank.owner);
+                self.bank.read(Register::CurrentCnt, now)
             }
         }
     }
@@ -192,6 +179,14 @@ pub struct VcpuStallDetector {
     source: BqlCell<Source>,
     num_banks: BqlCell<u32>,
     num_banks_saved: BqlCell<u32>,
+    /// Each vCPU's thread CPU-time clock (`clock=vcpu-runtime`), from realize.
+    vcpu_clocks: BqlRefCell<Vec<Option<libc::clockid_t>>>,
+    /// Which bank each vCPU counts for.
+    owners: BqlRefCell<Owners>,
+    /// The watchdog action was taken in the current stall episode.
+    episode_acted: BqlCell<bool>,
+    /// `Episode::last_action` (virtual clock).
+    last_action: BqlCell<u64>,
     ppis: [InterruptSource; MAX_BANKS],
     banks: [BqlRefCell<BankState>; MAX_BANKS],
 }
@@ -271,6 +266,8 @@ impl VcpuStallDetector {
             MAX_BANKS as u64 * BANK_SIZE,
         );
 
+        uninit_field_mut!(*this, vcpu_clocks).write(BqlRefCell::new(Vec::new()));
+        uninit_field_mut!(*this, owners).write(BqlRefCell::new(Owners::default()));
         let state = this.as_ptr();
         for index in 0..MAX_BANKS {
             let mut slot = uninit_field_mut!(*this, banks[index]);
@@ -294,16 +291,51 @@ impl VcpuStallDetector {
         }
     }
 
+    /// The time source of vCPU `vcpu` now, in ns.
+    fn now(&self, vcpu: u32) -> u64 {
+        match self.source() {
+            Source::Virtual => CLOCK_VIRTUAL.get_ns(),
+            Source::VcpuRuntime => self
+                .vcpu_clocks
+                .borrow()
+                .get(vcpu as usize)
+                .copied()
+                .flatten()
+                .and_then(ffi::cpu_clock_ns)
+                .unwrap_or(0),
+        }
+    }
+
     fn realize(&self) -> util::Result<()> {
         stall::validate_config(self.clock_hz, self.timeout_sec, self.ppi)
             .map_err(|e| util::Error::msg(format!("vcpu-stall-detector: {e}")))?;
         let clock = self.clock_name.get();
-        let Some(source) = Source::parse(clock.as_deref()) else {
+        let Some(mut source) = Source::parse(clock.as_deref()) else {
             return Err(util::Error::format(format_args!(
                 "vcpu-stall-detector: property 'clock' must be 'vcpu-runtime' or 'virtual' (got '{}')",
                 clock.unwrap_or_default()
             )));
         };
+        if source == Source::VcpuRuntime && ffi::replay_active() {
+            // Host CPU time differs between record and replay: a countdown
+            // over it would make the replayed guest diverge.
+            ensure!(
+                clock.is_none(),
+                "vcpu-stall-detector: property 'clock' cannot be 'vcpu-runtime' under record/replay \
+                 (host CPU time is not replayed); use clock=virtual"
+            );
+            ffi::warn(
+                "vcpu-stall-detector: record/replay is active: property 'clock' defaults to 'virtual' \
+                 (the virtual clock is replayed, host CPU time is not)",
+            );
+            source = Source::Virtual;
+        }
+        ensure!(
+            !ffi::nmi_action_does_nothing(),
+            "vcpu-stall-detector: -action watchdog=inject-nmi does nothing on this machine (it has no NMI \
+             interface); the device's own interrupt (property 'ppi') reaches the stalled vCPU: use another \
+             watchdog action"
+        );
         let cpus = ffi::cpu_count();
         ensure!(cpus >= 1, "vcpu-stall-detector: the machine has no vCPUs");
         ensure!(
@@ -315,6 +347,25 @@ impl VcpuStallDetector {
             "vcpu-stall-detector: only one vcpu-stall-detector per machine"
         );
 
+        let mut clocks = Vec::with_capacity(cpus as usize);
+        if source == Source::VcpuRuntime {
+            ensure!(
+                ffi::check_thread_clocks(),
+                "vcpu-stall-detector: property 'clock': this host cannot read threads' CPU time; use clock=virtual"
+            );
+            for i in 0..cpus {
+                let Some(tid) = ffi::vcpu_thread_id(i) else {
+                    return Err(util::Error::format(format_args!(
+                        "vcpu-stall-detector: property 'clock': vCPU {i} has no thread; use clock=virtual"
+                    )));
+                };
+                let id = ffi::thread_cpu_clock(tid);
+                trace::trace_vcpu_stall_clock(i, tid, id);
+                clocks.push(Some(id));
+            }
+        }
+        *self.vcpu_clocks.borrow_mut() = clocks;
+        *self.owners.borrow_mut() = Owners::new(cpus);
         self.source.set(source);
         self.num_banks.set(cpus);
         // Whole pages, so that an access past the last bank still reaches
@@ -324,9 +375,6 @@ impl VcpuStallDetector {
         self.init_gpio_out(&self.ppis[..cpus as usize]);
         let obj = self.as_object_ptr();
         for (i, cell) in self.banks.iter().take(cpus as usize).enumerate() {
-            if source == Source::VcpuRuntime {
-                ffi::learn_vcpu_clock(i as u32, cell);
-            }
             ffi::add_bank_stat_property(obj, &format!("cpu{i}-enabled"), BankStat::Enabled, cell);
             ffi::add_bank_stat_property(
                 obj,
@@ -351,7 +399,7 @@ impl VcpuStallDetector {
             }
             Ok((i, reg)) => {
                 let b = self.banks[i as usize].borrow();
-                u64::from(b.bank.read(reg, b.now(self.source())))
+                u64::from(b.bank.read(reg, self.now(b.bank.owner)))
             }
         }
     }
@@ -369,12 +417,15 @@ impl VcpuStallDetector {
         };
         // decode() only accepts 4-byte accesses.
         let value = value as u32;
+        // The vCPU making the access; anything else counts as bank i's own.
+        let owner = ffi::current_cpu()
+            .filter(|&c| c < self.num_banks.get())
+            .unwrap_or(i);
         let mut b = self.banks[i as usize].borrow_mut();
-        let source = self.source();
-        let clock = b.cpu_clock;
-        let out = b
-            .bank
-            .write_with(reg, value, || BankState::read_source(source, clock));
+        let claims = b.bank.claims(reg);
+        let prev = (b.bank.stage() != Stage::Idle).then_some(b.bank.owner);
+        let was_stalled = b.bank.stage().stalled();
+        let out = b.bank.write_with(reg, value, owner, || self.now(owner));
         if let Some(e) = out.error {
             log_mask_ln!(Log::GuestError, "vcpu-stall-detector: cpu {i}: {e}");
         }
@@ -392,16 +443,81 @@ impl VcpuStallDetector {
             _ => {}
         }
         b.apply(out.timer);
-        drop(b);
+        let idle = b.bank.stage() == Stage::Idle;
+        let stalled = b.bank.stage().stalled();
         if out.lower_irq {
-            self.ppis[i as usize].lower();
+            self.lower_irq(&mut b);
         }
+        drop(b);
+        if claims {
+            let retire = {
+                let mut owners = self.owners.borrow_mut();
+                if idle {
+                    if let Some(p) = prev {
+                        owners.release(i, p);
+                    }
+                    None
+                } else {
+                    owners.claim(i, owner, prev)
+                }
+            };
+            if let Some(old) = retire {
+                self.retire(old, owner, i);
+            }
+        }
+        if was_stalled && !stalled {
+            self.settle(i);
+        }
+    }
+
+    fn lower_irq(&self, b: &mut BankState) {
+        if let Some(cpu) = b.irq_raised.take() {
+            self.ppis[cpu as usize].lower();
+        }
+    }
+
+    /// vCPU `owner` started counting for bank `by`: its older bank `old`,
+    /// armed by a kernel that is gone (kexec, kdump), is disabled.
+    fn retire(&self, old: u32, owner: u32, by: u32) {
+        let mut b = self.banks[old as usize].borrow_mut();
+        let was_stalled = b.bank.stage().stalled();
+        let out = b.bank.retire();
+        b.apply(out.timer);
+        self.lower_irq(&mut b);
+        drop(b);
+        trace::trace_vcpu_stall_retire(old, owner, by);
+        if was_stalled {
+            self.settle(old);
+        }
+    }
+
+    /// Bank `bank` stopped being stalled: the episode ends if none is any more.
+    fn settle(&self, bank: u32) {
+        let any = self.banks().any(|c| c.borrow().bank.stage().stalled());
+        let mut e = self.episode();
+        if e.settle(any) {
+            trace::trace_vcpu_stall_episode_end(bank);
+        }
+        self.set_episode(e);
+    }
+
+    fn episode(&self) -> Episode {
+        Episode {
+            acted: self.episode_acted.get(),
+            last_action: self.last_action.get(),
+        }
+    }
+
+    fn set_episode(&self, e: Episode) {
+        self.episode_acted.set(e.acted);
+        self.last_action.set(e.last_action);
     }
 
     /// Bank `i`'s host timer fired.
     fn deadline(&self, i: u32) {
         let mut b = self.banks[i as usize].borrow_mut();
-        let now = b.now(self.source());
+        let owner = b.bank.owner;
+        let now = self.now(owner);
         let budget_ns = b.bank.budget_ns;
         match b.bank.deadline(now, self.policy()) {
             Deadline::Idle => {}
@@ -413,12 +529,26 @@ impl VcpuStallDetector {
                 if let Some(ns) = rearm {
                     b.apply(stall::Timer::Arm(ns));
                 }
+                // The interrupt goes to the stalled vCPU: the bank's owner.
+                if b.irq_raised.is_none() {
+                    b.irq_raised = Some(owner);
+                }
                 drop(b);
-                trace::trace_vcpu_stall_expired(i, budget_ns, act);
-                ffi::send_stall_event(self.as_object_ptr(), i, budget_ns / 1_000_000, act);
-                self.ppis[i as usize].raise();
-                if act {
-                    trace::trace_vcpu_stall_action(i);
+                let mut episode = self.episode();
+                let report = episode.report(act, CLOCK_VIRTUAL.get_ns());
+                self.set_episode(episode);
+                trace::trace_vcpu_stall_expired(i, owner, budget_ns, report as u32);
+                ffi::send_stall_event(self.as_object_ptr(), owner, i, budget_ns / 1_000_000, report);
+                self.ppis[owner as usize].raise();
+                if report == Report::Action {
+                    trace::trace_vcpu_stall_action(i, owner);
+                    if ffi::nmi_action_does_nothing() {
+                        // Switched to at run time (watchdog-set-action).
+                        ffi::warn(
+                            "vcpu-stall-detector: watchdog action inject-nmi: this machine has no NMI \
+                             interface, nothing was injected (the stalled vCPU's interrupt was raised)",
+                        );
+                    }
                     ffi::perform_watchdog_action();
                 }
             }
@@ -429,29 +559,42 @@ impl VcpuStallDetector {
         for (i, cell) in self.banks().enumerate() {
             let mut b = cell.borrow_mut();
             b.bank = Bank::default();
+            b.irq_raised = None;
             b.timer.delete();
             drop(b);
             self.ppis[i].lower();
         }
+        let cpus = self.num_banks.get();
+        *self.owners.borrow_mut() = Owners::new(cpus);
+        // A reset ends the episode; the action rate limit survives it (a
+        // guest could otherwise reset itself through the device in a loop).
+        self.episode_acted.set(false);
     }
 
     fn pre_save(&self) -> Result<(), migration::Infallible> {
         for cell in self.banks() {
             let mut b = cell.borrow_mut();
-            let now = b.now(self.source());
+            let now = self.now(b.bank.owner);
             b.bank.rebase(now);
         }
         self.num_banks_saved.set(self.num_banks.get());
         Ok(())
     }
 
-    fn post_load(&self, _version_id: u8) -> Result<(), migration::Infallible> {
+    fn post_load(&self, version_id: u8) -> Result<(), migration::Infallible> {
+        let cpus = self.num_banks.get();
         for cell in self.banks() {
             let mut b = cell.borrow_mut();
-            let now = b.now(self.source());
+            if version_id < 2 || b.bank.owner >= cpus {
+                // Not from a sane source: count for the bank's own vCPU.
+                b.bank.owner = b.index;
+            }
+            let now = self.now(b.bank.owner);
             let timer = b.bank.resume(now);
             b.apply(timer);
         }
+        let banks: Vec<Bank> = self.banks().map(|c| c.borrow().bank).collect();
+        self.owners.borrow_mut().rebuild(banks.iter());
         Ok(())
     }
 
@@ -462,7 +605,7 @@ impl VcpuStallDetector {
 
 const VMSTATE_BANK: VMStateDescription<BankState> = VMStateDescriptionBuilder::<BankState>::new()
     .name(c"vcpu-stall-detector/bank")
-    .version_id(1)
+    .version_id(2)
     .minimum_version_id(1)
     .fields(vmstate_fields! {
         vmstate_of!(BankState, bank.status),
@@ -472,6 +615,7 @@ const VMSTATE_BANK: VMStateDescription<BankState> = VMStateDescriptionBuilder::<
         vmstate_of!(BankState, bank.budget_ns),
         vmstate_of!(BankState, bank.used_ns),
         vmstate_of!(BankState, bank.stalls),
+        vmstate_of!(BankState, bank.owner).with_version_id(2),
     })
     .build();
 impl_vmstate_struct!(BankState, VMSTATE_BANK);
@@ -481,7 +625,7 @@ const VALIDATE_BANKS: &CStr = c"the number of vCPUs must match";
 const VMSTATE_VCPU_STALL_DETECTOR: VMStateDescription<VcpuStallDetector> =
     VMStateDescriptionBuilder::<VcpuStallDetector>::new()
         .name(c"vcpu-stall-detector")
-        .version_id(1)
+        .version_id(2)
         .minimum_version_id(1)
         .pre_save(&VcpuStallDetector::pre_save)
         .post_load(&VcpuStallDetector::post_load)
@@ -489,5 +633,7 @@ const VMSTATE_VCPU_STALL_DETECTOR: VMStateDescription<VcpuStallDetector> =
             vmstate_of!(VcpuStallDetector, num_banks_saved),
             vmstate_validate!(VcpuStallDetector, VALIDATE_BANKS, VcpuStallDetector::validate_num_banks),
             vmstate_of!(VcpuStallDetector, banks[0 .. num_banks_saved], VcpuStallDetector::validate_num_banks),
+            vmstate_of!(VcpuStallDetector, episode_acted).with_version_id(2),
+            vmstate_of!(VcpuStallDetector, last_action).with_version_id(2),
         })
         .build();

@@ -4,7 +4,7 @@
 //! do not wrap. All `unsafe` of the device lives here.
 
 use std::{
-    ffi::{c_char, c_int, c_ulong, c_void, CStr, CString},
+    ffi::{c_char, c_int, c_void, CStr, CString},
     ptr::{addr_of, NonNull},
 };
 
@@ -13,47 +13,32 @@ use qom::bindings::{
     object_class_property_set_description, object_property_add, Object, ObjectClass, Visitor,
 };
 
+use vigil_core::stall::Report;
+
 use crate::device::{BankStat, BankState};
-
-/// `CPUState`, only ever handled by pointer.
-#[repr(C)]
-pub struct CPUState {
-    _private: [u8; 0],
-}
-
-/// `run_on_cpu_data` from `hw/core/cpu.h`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-union RunOnCpuData {
-    host_int: c_int,
-    host_ulong: c_ulong,
-    host_ptr: *mut c_void,
-    target_ptr: u64,
-}
-
-type RunOnCpuFunc = unsafe extern "C" fn(cpu: *mut CPUState, data: RunOnCpuData);
 
 /// `VcpuStallStage` from the QAPI schema (qapi/run-state.json).
 #[repr(C)]
 #[derive(Clone, Copy)]
-#[allow(dead_code)] // values are only created by conversion from `act`
+#[allow(dead_code)] // values are only created by conversion from `Report`
 pub enum VcpuStallStage {
     Warning = 0,
     Action = 1,
+    Ongoing = 2,
 }
 
 extern "C" {
-    fn qemu_get_cpu(index: c_int) -> *mut CPUState;
-    fn async_run_on_cpu(cpu: *mut CPUState, func: RunOnCpuFunc, data: RunOnCpuData);
     fn watchdog_perform_action();
     fn qapi_event_send_vcpu_stall(
         qom_path: *const c_char,
         cpu_index: i64,
+        bank: i64,
         budget_ms: u64,
         stage: VcpuStallStage,
     );
     fn object_get_canonical_path(obj: *const Object) -> *mut c_char;
     fn g_free(ptr: *mut c_void);
+    fn warn_report(fmt: *const c_char, ...);
     fn visit_type_uint32(
         v: *mut Visitor,
         name: *const c_char,
@@ -66,49 +51,85 @@ extern "C" {
         obj: *mut bool,
         errp: *mut c_void,
     ) -> bool;
+    // hw/misc/vcpu-stall-detector-host.c (include/hw/misc/vcpu_stall_detector.h)
+    fn vcpu_stall_detector_current_cpu() -> c_int;
+    fn vcpu_stall_detector_cpu_thread_id(cpu_index: c_int) -> c_int;
+    fn vcpu_stall_detector_replay_active() -> bool;
+    fn vcpu_stall_detector_action_is_nmi() -> bool;
+    fn vcpu_stall_detector_machine_has_nmi() -> bool;
 }
 
 /// Number of vCPUs the machine has created (indices 0..n).
 pub fn cpu_count() -> u32 {
     let mut n: u32 = 0;
-    // SAFETY: qemu_get_cpu only walks the CPU list (under the BQL, held by
-    // every caller of realize) and returns NULL past the last CPU.
-    while n < i32::MAX as u32 && !unsafe { qemu_get_cpu(n as c_int) }.is_null() {
+    while n < i32::MAX as u32 && vcpu_thread_id(n).is_some() {
         n += 1;
     }
     n
 }
 
-/// Asks vCPU `index`'s thread to record its CPU-time clock in `cell`.
-///
-/// The work item runs on that thread, under the BQL, before the vCPU next
-/// executes guest code; `cell` must outlive it (banks live as long as the
-/// device, which cannot be unplugged).
-pub fn learn_vcpu_clock(index: u32, cell: &BqlRefCell<BankState>) {
-    // SAFETY: see cpu_count().
-    let cpu = unsafe { qemu_get_cpu(index as c_int) };
-    if cpu.is_null() {
-        return;
-    }
-    let data = RunOnCpuData {
-        host_ptr: NonNull::from(cell).as_ptr().cast(),
-    };
-    // SAFETY: cpu is a live CPU; learn_clock_on_vcpu matches run_on_cpu_func
-    // and only dereferences data as the cell passed here.
-    unsafe { async_run_on_cpu(cpu, learn_clock_on_vcpu, data) };
+/// The host thread id of vCPU `index`, once its thread exists.
+pub fn vcpu_thread_id(index: u32) -> Option<libc::pid_t> {
+    let index = c_int::try_from(index).ok()?;
+    // SAFETY: looks the CPU up by index under the BQL; no pointer escapes.
+    let tid = unsafe { vcpu_stall_detector_cpu_thread_id(index) };
+    (tid > 0).then_some(tid)
 }
 
-unsafe extern "C" fn learn_clock_on_vcpu(_cpu: *mut CPUState, data: RunOnCpuData) {
+/// The vCPU whose thread runs the caller (an MMIO access from the guest),
+/// or `None` on any other thread (the main loop, qtest, the monitor).
+pub fn current_cpu() -> Option<u32> {
+    // SAFETY: reads the calling thread's current_cpu; no arguments.
+    u32::try_from(unsafe { vcpu_stall_detector_current_cpu() }).ok()
+}
+
+/// Record/replay (`-icount rr=...`) is active.
+pub fn replay_active() -> bool {
+    // SAFETY: reads a global set once at start-up; no arguments.
+    unsafe { vcpu_stall_detector_replay_active() }
+}
+
+/// The watchdog action is `inject-nmi` but the machine has nothing that
+/// would deliver an NMI (`nmi_monitor_handle` fails, and nobody reads why).
+pub fn nmi_action_does_nothing() -> bool {
+    // SAFETY: reads the action and walks the QOM tree, under the BQL.
+    unsafe { vcpu_stall_detector_action_is_nmi() && !vcpu_stall_detector_machine_has_nmi() }
+}
+
+/// Prints `msg` as a QEMU warning (`warn_report`).
+pub fn warn(msg: &str) {
+    let msg = CString::new(msg).unwrap_or_default();
+    // SAFETY: a "%s" format with one NUL-terminated string argument.
+    unsafe { warn_report(c"%s".as_ptr(), msg.as_ptr()) };
+}
+
+/// The CPU-time clock of host thread `tid` of this process.
+///
+/// This is Linux's ABI for per-thread CPU clocks (`MAKE_THREAD_CPUCLOCK`
+/// of `CPUCLOCK_SCHED`, as glibc's `pthread_getcpuclockid` computes it).
+/// Computing it from the thread id, which QEMU records when it creates the
+/// vCPU thread, gives every bank its vCPU's clock at realize, before any
+/// migration or snapshot state is loaded, without running anything on the
+/// vCPU thread. [`check_thread_clocks`] verifies the formula on this host.
+pub fn thread_cpu_clock(tid: libc::pid_t) -> libc::clockid_t {
+    const CPUCLOCK_PERTHREAD: libc::clockid_t = 4;
+    const CPUCLOCK_SCHED: libc::clockid_t = 2;
+    (!tid << 3) | CPUCLOCK_PERTHREAD | CPUCLOCK_SCHED
+}
+
+/// Whether [`thread_cpu_clock`] is what this host's libc computes (for the
+/// calling thread).
+pub fn check_thread_clocks() -> bool {
     let mut id: libc::clockid_t = 0;
     // SAFETY: pthread_self() is always valid for the calling thread and id
-    // is a valid out pointer.
-    let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut id) };
-    // SAFETY: learn_vcpu_clock passed a pointer to a BqlRefCell<BankState>
-    // that outlives the work item; the BQL is held here.
-    let cell = unsafe { &*data.host_ptr.cast::<BqlRefCell<BankState>>() };
-    if rc == 0 {
-        cell.borrow_mut().set_cpu_clock(id);
-    }
+    // is a valid out pointer; gettid has no preconditions.
+    let (rc, tid) = unsafe {
+        (
+            libc::pthread_getcpuclockid(libc::pthread_self(), &mut id),
+            libc::gettid(),
+        )
+    };
+    rc == 0 && id == thread_cpu_clock(tid) && cpu_clock_ns(id).is_some()
 }
 
 /// Reads a thread CPU-time clock, in ns.
@@ -124,18 +145,18 @@ pub fn cpu_clock_ns(id: libc::clockid_t) -> Option<u64> {
     Some((ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64)
 }
 
-/// Sends the `VCPU_STALL` QMP event.
-pub fn send_stall_event(obj: *const Object, cpu: u32, budget_ms: u64, act: bool) {
-    let stage = if act {
-        VcpuStallStage::Action
-    } else {
-        VcpuStallStage::Warning
+/// Sends the `VCPU_STALL` QMP event (throttled by QEMU's monitor).
+pub fn send_stall_event(obj: *const Object, cpu: u32, bank: u32, budget_ms: u64, report: Report) {
+    let stage = match report {
+        Report::Warning => VcpuStallStage::Warning,
+        Report::Action => VcpuStallStage::Action,
+        Report::Ongoing => VcpuStallStage::Ongoing,
     };
     // SAFETY: obj is the live device; the returned string is owned by us and
     // freed with g_free after the event is sent (which copies it).
     unsafe {
         let path = object_get_canonical_path(obj);
-        qapi_event_send_vcpu_stall(path, i64::from(cpu), budget_ms, stage);
+        qapi_event_send_vcpu_stall(path, i64::from(cpu), i64::from(bank), budget_ms, stage);
         g_free(path.cast());
     }
 }
