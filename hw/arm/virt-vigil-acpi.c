@@ -15,7 +15,7 @@
  *     _HID "PRP0001", _UID n,
  *     _CRS { Memory32Fixed (one 16-byte bank per CPU),
  *            Interrupt (Consumer, Edge, ActiveHigh, Exclusive) { 16 + ppi } }
- *     _DSD { ToUUID ("DAFFD814-6EBA-4D8C-8A91-BC9BBF4AA301"), Package {
+ *     _DSD { ToUUID ("daffd814-6eba-4d8c-8a91-bc9bbf4aa301"), Package {
  *            Package { "compatible", "qemu,vcpu-stall-detector" },
  *            Package { "clock-frequency", <clock-frequency> },
  *            Package { "timeout-sec", <timeout-sec> } } }
@@ -119,23 +119,43 @@ static void vigil_acpi_add_stall_detector(VigilAcpiState *s,
     s->stall_count++;
 }
 
-static void vigil_acpi_add_one(SysBusDevice *sbd, void *opaque)
+static void vigil_acpi_collect(SysBusDevice *sbd, void *opaque)
 {
-    VigilAcpiState *s = opaque;
-
-    if (object_dynamic_cast(OBJECT(sbd), TYPE_PVPANIC_MMIO_DEVICE)) {
-        vigil_acpi_add_pvpanic_mmio(s, sbd);
-    } else if (object_dynamic_cast(OBJECT(sbd), TYPE_VCPU_STALL_DETECTOR)) {
-        vigil_acpi_add_stall_detector(s, sbd);
+    if (object_dynamic_cast(OBJECT(sbd), TYPE_PVPANIC_MMIO_DEVICE) ||
+        object_dynamic_cast(OBJECT(sbd), TYPE_VCPU_STALL_DETECTOR)) {
+        g_ptr_array_add(opaque, sbd);
     }
+}
+
+static gint vigil_by_address(gconstpointer a, gconstpointer b, gpointer pbus)
+{
+    hwaddr x = platform_bus_get_mmio_addr(pbus, *(SysBusDevice *const *)a, 0);
+    hwaddr y = platform_bus_get_mmio_addr(pbus, *(SysBusDevice *const *)b, 0);
+
+    return x < y ? -1 : x > y;
 }
 
 void virt_acpi_dsdt_add_vigil(Aml *scope, VirtMachineState *vms)
 {
     VigilAcpiState s = { .vms = vms, .scope = scope };
+    g_autoptr(GPtrArray) devs = NULL;
+    guint i;
 
     if (!vms->platform_bus_dev) {
         return;
     }
-    foreach_dynamic_sysbus_device(vigil_acpi_add_one, &s);
+    /* In platform-bus address order: the same AML for the same machine */
+    devs = g_ptr_array_new();
+    foreach_dynamic_sysbus_device(vigil_acpi_collect, devs);
+    g_ptr_array_sort_with_data(devs, vigil_by_address,
+                               PLATFORM_BUS_DEVICE(vms->platform_bus_dev));
+    for (i = 0; i < devs->len; i++) {
+        SysBusDevice *sbd = g_ptr_array_index(devs, i);
+
+        if (object_dynamic_cast(OBJECT(sbd), TYPE_PVPANIC_MMIO_DEVICE)) {
+            vigil_acpi_add_pvpanic_mmio(&s, sbd);
+        } else {
+            vigil_acpi_add_stall_detector(&s, sbd);
+        }
+    }
 }

@@ -6,8 +6,8 @@
  * etc/acpi/tables; virt builds them with or without firmware). Checks:
  *   - without the devices, the DSDT is QEMU's own expected table
  *     (tests/data/acpi/aarch64/virt/DSDT, the bios-tables-test default
- *     virt case, same command line), but for the checksum the firmware
- *     fills in;
+ *     virt case, same command line but for the firmware, which does not
+ *     change the DSDT), but for the checksum the firmware fills in;
  *   - with them, it is exactly that DSDT with the Devices below (compiled
  *     from the ASL in the comments with iasl 20200925) appended to the
  *     \_SB scope, whose PkgLength and the table length grow accordingly;
@@ -17,14 +17,29 @@
  */
 
 #include "qemu/osdep.h"
+#include "qemu/bswap.h"
 #include "libqtest.h"
-#include "libqos/fw_cfg.h"
 
-#define FW_CFG_BASE 0x09020000ULL  /* virt's VIRT_FW_CFG */
+/* virt's VIRT_FW_CFG: data at +0, selector (big-endian) at +8 */
+#define FW_CFG_BASE 0x09020000ULL
+#define FW_CFG_FILE_DIR 0x19
 #define EXPECTED_DSDT "tests/data/acpi/aarch64/virt/DSDT"
-/* bios-tables-test's test_acpi_aarch64_virt_tcg, without the firmware */
+/*
+ * bios-tables-test's test_acpi_aarch64_virt_tcg. Its firmware is never run
+ * here, but virt only builds its GED (and with ras=on, the HEST) when
+ * pflash 0 has a drive: an empty (sparse) 64 MiB file.
+ */
 #define VIRT_ARGS "-machine virt,ras=on -cpu cortex-a57 " \
-    "-smbios type=4,max-speed=2900,current-speed=2700 "
+    "-smbios type=4,max-speed=2900,current-speed=2700 " \
+    "-drive if=pflash,format=raw,unit=0,readonly=on,file=%s "
+#define FLASH_SIZE (64 * 1024 * 1024)
+
+static char *flash_path;
+
+static QTestState *start_virt(const char *extra)
+{
+    return qtest_initf(VIRT_ARGS "%s", flash_path, extra);
+}
 
 /*
  * Device (VSD0) {
@@ -84,20 +99,55 @@ static const uint8_t pev0[] = {
     0x79, 0x00,
 };
 
+/* fw_cfg file @name (its size in *@len), or NULL (libqos knows no virt layout) */
+static uint8_t *fw_cfg_file(QTestState *qts, const char *name, size_t *len)
+{
+    uint32_t count, i, size;
+    uint16_t key;
+    uint8_t entry[64], *data;
+    size_t off;
+
+    qtest_writew(qts, FW_CFG_BASE + 8, bswap16(FW_CFG_FILE_DIR));
+    for (count = 0, i = 0; i < 4; i++) {
+        count = count << 8 | qtest_readb(qts, FW_CFG_BASE);
+    }
+    for (i = 0; i < count; i++) {
+        for (off = 0; off < sizeof(entry); off++) {
+            entry[off] = qtest_readb(qts, FW_CFG_BASE);
+        }
+        if (!strncmp((char *)entry + 8, name, 56)) {
+            break;
+        }
+    }
+    if (i == count) {
+        *len = 0;
+        return NULL;
+    }
+    size = ldl_be_p(entry);
+    key = lduw_be_p(entry + 4);
+    data = g_malloc(size);
+    qtest_writew(qts, FW_CFG_BASE + 8, bswap16(key));
+    for (off = 0; off + 8 <= size; off += 8) {
+        stq_le_p(data + off, qtest_readq(qts, FW_CFG_BASE));
+    }
+    for (; off < size; off++) {
+        data[off] = qtest_readb(qts, FW_CFG_BASE);
+    }
+    *len = size;
+    return data;
+}
+
 /* The DSDT QEMU gives the firmware, from fw_cfg etc/acpi/tables */
 static GByteArray *read_dsdt(const char *extra)
 {
-    QTestState *qts = qtest_initf(VIRT_ARGS "%s", extra);
-    QFWCFG *fw_cfg = mm_fw_cfg_init(qts, FW_CFG_BASE);
-    size_t len = qfw_cfg_get_file(fw_cfg, "etc/acpi/tables", NULL, 0);
-    g_autofree uint8_t *blob = NULL;
+    QTestState *qts = start_virt(extra);
+    size_t len;
+    g_autofree uint8_t *blob = fw_cfg_file(qts, "etc/acpi/tables", &len);
     GByteArray *dsdt = NULL;
     size_t off;
 
+    g_assert_nonnull(blob);
     g_assert_cmpuint(len, >, 36);
-    blob = g_malloc(len);
-    g_assert_cmpuint(qfw_cfg_get_file(fw_cfg, "etc/acpi/tables", blob, len),
-                     ==, len);
     for (off = 0; off + 36 <= len; off++) {
         uint32_t tlen = ldl_le_p(blob + off + 4);
 
@@ -108,7 +158,6 @@ static GByteArray *read_dsdt(const char *extra)
         }
     }
     g_assert_nonnull(dsdt);
-    mm_fw_cfg_uninit(fw_cfg);
     qtest_quit(qts);
     dsdt->data[9] = 0;      /* checksum: the firmware's linker computes it */
     return dsdt;
@@ -265,23 +314,36 @@ static void test_no_ppi(void)
 
 static void test_acpi_off(void)
 {
-    QTestState *qts = qtest_init(VIRT_ARGS "-machine acpi=off "
+    QTestState *qts = start_virt("-machine acpi=off "
                                  "-device vcpu-stall-detector "
                                  "-device pvpanic-mmio");
-    QFWCFG *fw_cfg = mm_fw_cfg_init(qts, FW_CFG_BASE);
+    size_t len;
+    g_autofree uint8_t *blob = fw_cfg_file(qts, "etc/acpi/tables", &len);
+    g_autofree uint8_t *loader = fw_cfg_file(qts, "etc/table-loader", &len);
+    g_autofree uint8_t *wait = fw_cfg_file(qts, "etc/boot-fail-wait", &len);
 
-    g_assert_cmpuint(qfw_cfg_get_file(fw_cfg, "etc/acpi/tables", NULL, 0),
-                     ==, 0);
-    mm_fw_cfg_uninit(fw_cfg);
+    /* no tables, no loader script, though the fw_cfg directory is there */
+    g_assert_null(blob);
+    g_assert_null(loader);
+    g_assert_nonnull(wait);
     qtest_quit(qts);
 }
 
 int main(int argc, char **argv)
 {
+    int fd, ret;
+
     g_test_init(&argc, &argv, NULL);
+    fd = g_file_open_tmp("vigil-virt-acpi-flash-XXXXXX", &flash_path, NULL);
+    g_assert_cmpint(fd, >=, 0);
+    g_assert_cmpint(ftruncate(fd, FLASH_SIZE), ==, 0);
+    close(fd);
     qtest_add_func("/vigil-virt-acpi/no-device", test_no_device);
     qtest_add_func("/vigil-virt-acpi/stall-detector+pvpanic-mmio", test_both);
     qtest_add_func("/vigil-virt-acpi/stall-detector-no-ppi", test_no_ppi);
     qtest_add_func("/vigil-virt-acpi/acpi-off", test_acpi_off);
-    return g_test_run();
+    ret = g_test_run();
+    unlink(flash_path);
+    g_free(flash_path);
+    return ret;
 }
