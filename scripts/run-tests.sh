@@ -104,6 +104,9 @@ QEMU_AARCH64=$VIGIL_BUILD/qemu-system-aarch64 STALL_GUEST_BUILD=$VIGIL_CACHE/sta
 QEMU_X86_64=$VIGIL_BUILD/qemu-system-x86_64 QEMU_AARCH64=$VIGIL_BUILD/qemu-system-aarch64 \
     run_checks "real guests: Linux on x86 q35 and arm64 virt (pvpanic, stall detector)" linux-guests \
     "$VIGIL_ROOT/tests/guest/pvpanic-guest-test.sh"
+QEMU_AARCH64=$VIGIL_BUILD/qemu-system-aarch64 \
+    run_checks "real guest: the stall PPI with Linux (patched driver: NMI, panic, GUEST_PANICKED)" stall-ppi \
+    "$VIGIL_ROOT/tests/guest/stall-ppi-test.sh"
 
 cargo build -q --release -p vigil --manifest-path "$VIGIL_ROOT/Cargo.toml" 2>"$logdir/vigil-build.log" ||
     result "vigil builds" 1
