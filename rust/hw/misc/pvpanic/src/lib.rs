@@ -1,11 +1,18 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 
-//! What every pvpanic front end (ISA `pvpanic`, `pvpanic-mmio`) shares: the
-//! register's read and write, on top of `vigil_core::pvpanic`, and the calls
-//! into QEMU's run-state code that raise `GUEST_PANICKED`,
+//! What every pvpanic front end (ISA `pvpanic`, `pvpanic-mmio`,
+//! `pvpanic-pci`) shares, as QEMU's C `hw/misc/pvpanic.c` does for the C
+//! devices: one `MemoryRegionOps` with one read and one write for all of
+//! them ([`PvPanicDevice`], [`init_io`]), on top of `vigil_core::pvpanic`,
+//! and the calls into QEMU's run-state code that raise `GUEST_PANICKED`,
 //! `GUEST_CRASHLOADED` and `GUEST_PVSHUTDOWN` exactly as the C device does.
 
+use std::marker::PhantomData;
+
 use bql::BqlCell;
+use common::uninit::MaybeUninitField;
+use qom::prelude::*;
+use system::{hwaddr, MemoryRegion, MemoryRegionOps, MemoryRegionOpsBuilder};
 use util::{log::Log, log_mask_ln};
 use vigil_core::pvpanic::{decode_write, events_warning, Event};
 
@@ -66,4 +73,45 @@ impl PvPanicRegister {
             }
         }
     }
+}
+
+/// A pvpanic front end: a device whose `iomem` region holds the pvpanic
+/// register (every byte of it decodes the same, as in C).
+pub trait PvPanicDevice: IsA<Object> + Sync + 'static {
+    /// The QOM type name, for warnings and guest-error logs.
+    const NAME: &'static str;
+
+    /// The events the device advertises (its `events` property).
+    fn events(&self) -> u8;
+
+    /// Its register state.
+    fn register(&self) -> &PvPanicRegister;
+}
+
+/// The one `MemoryRegionOps` of all front ends: as QEMU's C `pvpanic_ops`,
+/// a 1-byte implementation (wider guest accesses are split by the memory
+/// core), native endian.
+struct Ops<T>(PhantomData<T>);
+
+impl<T: PvPanicDevice> Ops<T> {
+    const OPS: MemoryRegionOps<T> = MemoryRegionOpsBuilder::<T>::new()
+        .read(&read::<T>)
+        .write(&write::<T>)
+        .native_endian()
+        .impl_sizes(1, 1)
+        .build();
+}
+
+fn read<T: PvPanicDevice>(dev: &T, _offset: hwaddr, _size: u32) -> u64 {
+    PvPanicRegister::read(dev.events())
+}
+
+fn write<T: PvPanicDevice>(dev: &T, _offset: hwaddr, value: u64, _size: u32) {
+    dev.register().write(T::NAME, value);
+}
+
+/// Initializes `iomem`, from the device's `instance_init`, as a `size`-byte
+/// pvpanic region (named "pvpanic", as C's) owned by the device.
+pub fn init_io<T: PvPanicDevice>(iomem: &mut MaybeUninitField<'_, T, MemoryRegion>, size: u64) {
+    MemoryRegion::init_io(iomem, &Ops::<T>::OPS, "pvpanic", size);
 }

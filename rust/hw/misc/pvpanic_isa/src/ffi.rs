@@ -25,8 +25,8 @@ extern "C" {
         io: *mut system::bindings::MemoryRegion,
         start: u16,
     );
-    // hw/misc/pvpanic-isa-acpi.c
-    fn pvpanic_isa_rust_class_init_acpi(klass: *mut c_void);
+    // hw/misc/pvpanic-isa-aml.c (patches/0004): the C device's own builder
+    fn pvpanic_isa_class_init_aml(klass: *mut c_void);
 }
 
 /// The machine's fw_cfg device.
@@ -62,9 +62,10 @@ pub fn isa_register_ioport(dev: &ISADevice, io: &MemoryRegion, port: u16) {
     unsafe { c_isa_register_ioport(dev.as_mut_ptr(), io.as_mut_ptr(), port) }
 }
 
-/// Installs the ACPI AML builder (`PEVT`, `QEMU0001`), written in C.
+/// Installs the ACPI AML builder (`PEVT`, `QEMU0001`): the very function
+/// QEMU's C pvpanic uses, which reads the port from the `ioport` property.
 pub fn install_acpi_aml(klass: &mut DeviceClass) {
     // SAFETY: klass is the class being initialized; its type lists the
     // acpi-dev-aml-interface, so the C side finds the interface's vtable.
-    unsafe { pvpanic_isa_rust_class_init_acpi(std::ptr::from_mut(klass).cast()) }
+    unsafe { pvpanic_isa_class_init_aml(std::ptr::from_mut(klass).cast()) }
 }

@@ -5,7 +5,7 @@
 //!
 //! Same QOM type name, properties (`ioport`, default 0x505; `events`, default
 //! all three), fw_cfg file `etc/pvpanic-port`, ACPI device (`PEVT`, `_HID
-//! "QEMU0001"`, byte-identical AML from `hw/misc/pvpanic-isa-acpi.c`) and
+//! "QEMU0001"`, the C device's own AML builder, `hw/misc/pvpanic-isa-aml.c`) and
 //! guest-visible semantics (`vigil_core::pvpanic`). Like the C device it
 //! has no migration state: `events` and `ioport` are configuration.
 
@@ -18,11 +18,11 @@ use common::{uninit_field_mut, Opaque};
 use hwcore::{
     bindings::DeviceCategory, DeviceClass, DeviceImpl, DeviceState, ResettablePhasesImpl,
 };
-use pvpanic::PvPanicRegister;
+use pvpanic::{PvPanicDevice, PvPanicRegister};
 use qom::{
     bindings::InterfaceInfo, bindings::TypeInfo, prelude::*, ObjectImpl, ParentField, ParentInit,
 };
-use system::{hwaddr, MemoryRegion, MemoryRegionOps, MemoryRegionOpsBuilder};
+use system::MemoryRegion;
 use vigil_core::pvpanic::ALL;
 
 pub const TYPE_PVPANIC_ISA: &CStr = c"pvpanic";
@@ -111,18 +111,11 @@ impl PvPanicIsa {
     ///
     /// Called once by QOM on a zeroed, correctly sized instance.
     unsafe fn init(mut this: ParentInit<Self>) {
-        // As QEMU's C pvpanic: 1-byte implementation, wider accesses split.
-        static OPS: MemoryRegionOps<PvPanicIsa> = MemoryRegionOpsBuilder::<PvPanicIsa>::new()
-            .read(&PvPanicIsa::read)
-            .write(&PvPanicIsa::write)
-            .native_endian()
-            .impl_sizes(1, 1)
-            .build();
-        MemoryRegion::init_io(&mut uninit_field_mut!(*this, iomem), &OPS, "pvpanic", 1);
+        pvpanic::init_io(&mut uninit_field_mut!(*this, iomem), 1);
     }
 
     fn realize(&self) -> util::Result<()> {
-        pvpanic::check_events("pvpanic", self.events);
+        pvpanic::check_events(Self::NAME, self.events);
         // As the C device: without fw_cfg (no firmware to tell), no port.
         let Some(fw_cfg) = ffi::FwCfg::find() else {
             return Ok(());
@@ -131,12 +124,16 @@ impl PvPanicIsa {
         ffi::isa_register_ioport(self.upcast(), &self.iomem, self.ioport);
         Ok(())
     }
+}
 
-    fn read(&self, _offset: hwaddr, _size: u32) -> u64 {
-        PvPanicRegister::read(self.events)
+impl PvPanicDevice for PvPanicIsa {
+    const NAME: &'static str = "pvpanic";
+
+    fn events(&self) -> u8 {
+        self.events
     }
 
-    fn write(&self, _offset: hwaddr, value: u64, _size: u32) {
-        self.reg.write("pvpanic", value);
+    fn register(&self) -> &PvPanicRegister {
+        &self.reg
     }
 }

@@ -15,9 +15,9 @@ use hwcore::{
     bindings::DeviceCategory, DeviceImpl, DeviceState, ResettablePhasesImpl, SysBusDevice,
     SysBusDeviceImpl, SysBusDeviceMethods,
 };
-use pvpanic::PvPanicRegister;
+use pvpanic::{PvPanicDevice, PvPanicRegister};
 use qom::{prelude::*, ObjectImpl, ParentField, ParentInit};
-use system::{hwaddr, MemoryRegion, MemoryRegionOps, MemoryRegionOpsBuilder};
+use system::MemoryRegion;
 use vigil_core::pvpanic::{CRASH_LOADED, PANICKED};
 
 pub const TYPE_PVPANIC_MMIO: &CStr = c"pvpanic-mmio";
@@ -76,19 +76,7 @@ impl PvPanicMmio {
     ///
     /// Called once by QOM on a zeroed, correctly sized instance.
     unsafe fn init(mut this: ParentInit<Self>) {
-        // As QEMU's C pvpanic: 1-byte implementation, wider accesses split.
-        static OPS: MemoryRegionOps<PvPanicMmio> = MemoryRegionOpsBuilder::<PvPanicMmio>::new()
-            .read(&PvPanicMmio::read)
-            .write(&PvPanicMmio::write)
-            .native_endian()
-            .impl_sizes(1, 1)
-            .build();
-        MemoryRegion::init_io(
-            &mut uninit_field_mut!(*this, iomem),
-            &OPS,
-            "pvpanic",
-            PVPANIC_MMIO_SIZE,
-        );
+        pvpanic::init_io(&mut uninit_field_mut!(*this, iomem), PVPANIC_MMIO_SIZE);
     }
 
     fn post_init(&self) {
@@ -97,15 +85,19 @@ impl PvPanicMmio {
     }
 
     fn realize(&self) -> util::Result<()> {
-        pvpanic::check_events("pvpanic-mmio", self.events);
+        pvpanic::check_events(Self::NAME, self.events);
         Ok(())
     }
+}
 
-    fn read(&self, _offset: hwaddr, _size: u32) -> u64 {
-        PvPanicRegister::read(self.events)
+impl PvPanicDevice for PvPanicMmio {
+    const NAME: &'static str = "pvpanic-mmio";
+
+    fn events(&self) -> u8 {
+        self.events
     }
 
-    fn write(&self, _offset: hwaddr, value: u64, _size: u32) {
-        self.reg.write("pvpanic-mmio", value);
+    fn register(&self) -> &PvPanicRegister {
+        &self.reg
     }
 }

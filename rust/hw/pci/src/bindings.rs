@@ -1,0 +1,36 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+
+//! bindgen output for QEMU's PCI device model (wrapper.h). The types it
+//! refers to but does not define are those of QEMU's other Rust crates, so
+//! that a `PCIDeviceClass` embeds `hwcore`'s `DeviceClass`, a `PCIDevice`
+//! `hwcore`'s `DeviceState`, and so on.
+
+#![allow(
+    dead_code,
+    improper_ctypes_definitions,
+    improper_ctypes,
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals,
+    unnecessary_transmutes,
+    unsafe_op_in_unsafe_fn,
+    clippy::pedantic,
+    clippy::restriction,
+    clippy::style,
+    clippy::missing_const_for_fn,
+    clippy::ptr_offset_with_cast,
+    clippy::useless_transmute,
+    clippy::missing_safety_doc,
+    clippy::too_many_arguments
+)]
+
+pub use hwcore::bindings::{DeviceClass, DeviceState};
+pub use migration::bindings::VMStateDescription;
+pub use system::bindings::{AddressSpace, MSIMessage, MemoryRegion};
+pub use util::bindings::Error;
+
+#[cfg(MESON)]
+include!("pci-bindings.inc.rs");
+
+#[cfg(not(MESON))]
+include!(concat!(env!("OUT_DIR"), "/pci-bindings.inc.rs"));
