@@ -183,17 +183,59 @@ c_pvpanic_not_built() {
     # QEMU 10.2 compiles every system_ss source once into libsystem.a and
     # links into each emulator only the objects its Kconfig selects: the C
     # devices' objects must not be in the binaries, the Rust ones must.
-    local mak=$VIGIL_BUILD/x86_64-softmmu-config-devices.mak syms
-    grep -q '^CONFIG_PVPANIC_ISA_RUST=y' "$mak" && ! grep -q '^CONFIG_PVPANIC_ISA_C=y' "$mak" &&
-        grep -q '^CONFIG_PVPANIC_MMIO_RUST=y' "$VIGIL_BUILD/aarch64-softmmu-config-devices.mak" &&
-        ! grep -q '^CONFIG_PVPANIC_MMIO_C=y' "$VIGIL_BUILD/aarch64-softmmu-config-devices.mak" || return 1
-    syms=$(nm -C "$X86" "$A64")
-    ! grep -qE ' (pvpanic_isa_realizefn|pvpanic_isa_initfn|build_pvpanic_isa_aml|pvpanic_mmio_initfn)$' <<<"$syms" &&
-        grep -q ' pvpanic_isa::PvPanicIsa::realize$' <<<"$syms" &&
-        grep -q ' pvpanic_mmio::PvPanicMmio::realize$' <<<"$syms" &&
-        grep -q ' pvpanic_isa_rust_build_aml$' <<<"$syms"
+    local x86mak=$VIGIL_BUILD/x86_64-softmmu-config-devices.mak
+    local a64mak=$VIGIL_BUILD/aarch64-softmmu-config-devices.mak x86syms a64syms
+    grep -q '^CONFIG_PVPANIC_ISA_RUST=y' "$x86mak" && ! grep -q '^CONFIG_PVPANIC_ISA_C=y' "$x86mak" &&
+        grep -q '^CONFIG_PVPANIC_MMIO_RUST=y' "$a64mak" && ! grep -q '^CONFIG_PVPANIC_MMIO_C=y' "$a64mak" &&
+        grep -q '^CONFIG_PVPANIC_PCI_RUST=y' "$x86mak" && grep -q '^CONFIG_PVPANIC_PCI_RUST=y' "$a64mak" &&
+        ! grep -qE '^CONFIG_PVPANIC_(PCI_C|COMMON)=y' "$x86mak" "$a64mak" || return 1
+    x86syms=$(nm -C "$X86") a64syms=$(nm -C "$A64")
+    # C: pvpanic-isa.c, pvpanic-mmio.c, pvpanic-pci.c, pvpanic.c; our old AML copy
+    ! grep -qE ' (pvpanic_isa_realizefn|pvpanic_isa_initfn|build_pvpanic_isa_aml|pvpanic_mmio_initfn|pvpanic_pci_realizefn|pvpanic_pci_class_init|vmstate_pvpanic_pci|pvpanic_setup_io|pvpanic_isa_rust_build_aml)$' \
+        <<<"$x86syms$a64syms" &&
+        grep -q ' pvpanic_isa::PvPanicIsa::realize$' <<<"$x86syms" &&
+        grep -q ' pvpanic_mmio::PvPanicMmio::realize$' <<<"$a64syms" &&
+        grep -q ' pvpanic_pci::PvPanicPci::realize$' <<<"$x86syms" &&
+        grep -q ' pvpanic_pci::PvPanicPci::realize$' <<<"$a64syms" &&
+        grep -q ' pvpanic_isa_build_aml$' <<<"$x86syms"
 }
-check "pvpanic: the emulators link the Rust devices, not C pvpanic-isa.c/pvpanic-mmio.c" c_pvpanic_not_built
+check "pvpanic: the emulators link the Rust devices, not C pvpanic-isa.c/pvpanic-mmio.c/pvpanic-pci.c" c_pvpanic_not_built
+
+pvpanic_pci_vmstate() {
+    # C's vmstate_pvpanic_pci (hw/misc/pvpanic-pci.c): "pvpanic-pci",
+    # version 1, minimum 1, one field VMSTATE_PCI_DEVICE(dev, ...), no
+    # subsection. The field must equal, size and nested description, that
+    # of a C device built the same way (ne2k_pci: VMSTATE_PCI_DEVICE(dev,
+    # PCINE2KState)): same sizeof(PCIDevice), same vmstate_pci_device.
+    local arch bin
+    for arch in x86_64 aarch64; do
+        bin=$VIGIL_BUILD/qemu-system-$arch
+        "$bin" -M none -dump-vmstate "$tmp/vmstate-$arch.json" || return 1
+        python3 - "$tmp/vmstate-$arch.json" <<'PY' || return 1
+import json, sys
+d = json.load(open(sys.argv[1]))
+r, c = d["pvpanic-pci"], d["ne2k_pci"]["Description"]["Fields"][0]
+desc = r["Description"]
+assert (r["Name"], r["version_id"], r["minimum_version_id"]) == ("pvpanic-pci", 1, 1), r
+assert (desc["name"], desc["version_id"], desc["minimum_version_id"]) == ("pvpanic-pci", 1, 1), desc
+assert "Subsections" not in desc, desc
+assert [f["field"] for f in desc["Fields"]] == ["dev"], desc["Fields"]
+assert desc["Fields"][0] == c, (desc["Fields"][0], c)
+print(sys.argv[1], "pvpanic-pci: as C; dev:", c["size"], "bytes,", c["Description"]["name"],
+      "version", c["Description"]["version_id"])
+PY
+    done
+}
+check "pvpanic-pci: -dump-vmstate is C's vmstate_pvpanic_pci field for field (both targets)" pvpanic_pci_vmstate
+
+pvpanic_pci_help() {
+    local out
+    out=$("$X86" -device pvpanic-pci,help 2>&1)
+    echo "$out"
+    grep -q '^  events=<uint8> .*(default: 7)' <<<"$out" &&
+        "$X86" -device help 2>&1 | grep -q '^name "pvpanic-pci", bus PCI$'
+}
+check "pvpanic-pci: -device help lists it on the PCI bus, events default 7 (as C)" pvpanic_pci_help
 
 check "pvpanic: listed by qom-list-types on x86_64 (libvirt probes the type name)" \
     bash -c "echo '{\"execute\":\"qmp_capabilities\"}{\"execute\":\"qom-list-types\"}{\"execute\":\"quit\"}' |

@@ -59,6 +59,7 @@ log "building test programs"
 ninja -C "$VIGIL_BUILD" tests/qtest/vcpu-stall-detector-test tests/qtest/pvpanic-test \
     tests/qtest/pvpanic-pci-test tests/qtest/device-introspect-test tests/qtest/boot-serial-test \
     tests/qtest/pvpanic-mmio-test tests/qtest/vigil-pvpanic-test tests/qtest/bios-tables-test \
+    tests/qtest/pvpanic-pci-rust-test \
     > "$logdir/ninja-tests.log" 2>&1 || { tail -n 30 "$logdir/ninja-tests.log"; result "build test programs" 1; }
 
 # 2. command-line checks against the built QEMU
@@ -68,7 +69,7 @@ run_checks "command-line checks" cli "$VIGIL_ROOT/scripts/cli-tests.sh"
 MESON=$VIGIL_VENV/bin/meson
 tests=()
 for t in qtest-aarch64/vcpu-stall-detector-test qtest-aarch64/pvpanic-mmio-test qtest-x86_64/vigil-pvpanic-test \
-         qtest-x86_64/pvpanic-test qtest-x86_64/pvpanic-pci-test \
+         qtest-x86_64/pvpanic-test qtest-x86_64/pvpanic-pci-test qtest-x86_64/pvpanic-pci-rust-test \
          qtest-x86_64/device-introspect-test qtest-aarch64/device-introspect-test \
          qtest-aarch64/boot-serial-test; do
     tests+=("$t")
