@@ -380,7 +380,10 @@ ARM64_CONFIG='
 prepare_arm64() {
     mkdir -p "$A64"
     local hash
-    hash=$( { echo "$ARM64_CONFIG"; echo "cross=aarch64-linux-gnu-"; echo "targets=Image modules"; } | sha256sum | cut -c1-16)
+    local kpatches=() kp
+    for kp in "$VIGIL_ROOT"/patches/linux/kernel/*.patch; do [ -f "$kp" ] && kpatches+=("$kp"); done
+    hash=$( { echo "$ARM64_CONFIG"; echo "cross=aarch64-linux-gnu-"; echo "targets=Image modules"
+              [ ${#kpatches[@]} -eq 0 ] || cat "${kpatches[@]}"; } | sha256sum | cut -c1-16)
     if [ -s "$A64/Image" ] && [ "$(cat "$A64/Image.confighash" 2>/dev/null)" = "$hash" ]; then
         log "arm64: kernel cached ($(cat "$A64/kernel-version" 2>/dev/null), config $hash)"
     else
@@ -417,6 +420,22 @@ prepare_arm64() {
             tar -xJf "$orig" -C "$src.tmp" --strip-components=1
             mv "$src.tmp" "$src"
             done_step
+        fi
+        # Kernel-side patches (patches/linux/kernel/, e.g. exports the patched
+        # stall driver module needs), applied in place; a changed set is
+        # reverted first, so only the files they touch are rebuilt.
+        local st=$src/.vigil-kernel-patches p
+        mkdir -p "$st"
+        if ! diff -q <(cat "$st"/*.patch 2>/dev/null) <(cat "${kpatches[@]}" /dev/null) >/dev/null; then
+            for p in $(ls -r "$st"/*.patch 2>/dev/null); do
+                patch -s -R -p1 -d "$src" < "$p" >&2 || die "cannot revert $(basename "$p")"
+                rm -f "$p"
+            done
+            for p in "${kpatches[@]}"; do
+                log "arm64: kernel patch $(basename "$p")"
+                patch -s -p1 -d "$src" < "$p" >&2 || die "$(basename "$p") does not apply to the kernel"
+                cp "$p" "$st/"
+            done
         fi
 
         step "arm64: configure (allnoconfig + $(echo "$ARM64_CONFIG" | grep -c .) options)"
