@@ -118,6 +118,10 @@ QEMU_X86_64=$VIGIL_BUILD/qemu-system-x86_64 QEMU_AARCH64=$VIGIL_BUILD/qemu-syste
     VIGIL_BIN=$VIGIL_ROOT/target/release/vigil \
     run_checks "vigil with real guests (panic: coredump-restart, stall: coredump-destroy)" vigil-guests \
     "$VIGIL_ROOT/tests/guest/vigil-guest-test.sh"
+QEMU_X86_64=$VIGIL_BUILD/qemu-system-x86_64 QEMU_AARCH64=$VIGIL_BUILD/qemu-system-aarch64 \
+    VIGIL_BIN=$VIGIL_ROOT/target/release/vigil \
+    run_checks "pvpanic-pci with real guests (x86 q35, arm64 virt direct and UEFI; vigil coredump-restart)" pvpanic-pci-guests \
+    "$VIGIL_ROOT/tests/guest/pvpanic-pci-guest-test.sh"
 VIGIL_BIN=$VIGIL_ROOT/target/release/vigil \
     run_checks "vigil for fleets (flood, metrics, hooks, config, watch-dir)" vigil-fleet \
     "$VIGIL_ROOT/tools/vigil/tests/fleet.sh"
