@@ -8,14 +8,15 @@ set -euo pipefail
 # Tests: a cross compiler and kernel build tools for the aarch64 test guests,
 # and Debian's libvirt for the end-to-end test (run by hand, without systemd);
 # UEFI firmware for Arm virt (AAVMF) and iasl for the ACPI checks; Prometheus
-# (prometheus, promtool), curl and systemd-analyze for vigil's fleet checks.
+# (prometheus, promtool), curl and systemd-analyze for vigil's fleet checks;
+# qemu-img (qemu-utils) for the stall detector's -loadvm qtest.
 APT_BUILD=(ninja-build pkg-config libglib2.0-dev libpixman-1-dev zlib1g-dev libfdt-dev
            libclang-dev bindgen device-tree-compiler ccache python3-venv flex bison
            seabios ipxe-qemu qemu-system-data git xz-utils ca-certificates
            gcc-aarch64-linux-gnu make bc libssl-dev libelf-dev
            libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients binutils util-linux
            qemu-efi-aarch64 acpica-tools patch
-           prometheus curl systemd)
+           prometheus curl systemd qemu-utils)
 APT_EXTRA=("$@")
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

@@ -732,6 +732,53 @@ static void test_migration_vcpu_runtime(void)
     rmdir(dir);
 }
 
+/*
+ * clock=vcpu-runtime and a snapshot loaded with -loadvm: the remaining
+ * budget of every bank is kept (each vCPU's clock is known at realize, not
+ * only once its thread ran). Needs qemu-img (QTEST_QEMU_IMG or PATH).
+ */
+static void test_loadvm_vcpu_runtime(void)
+{
+    g_autofree char *dir = g_dir_make_tmp("stall-loadvm-XXXXXX", NULL);
+    g_autofree char *disk = g_strdup_printf("%s/snap.qcow2", dir);
+    const char *img = g_getenv("QTEST_QEMU_IMG") ?: "qemu-img";
+    g_autofree char *create = g_strdup_printf("%s create -q -f qcow2 %s 16M",
+                                              img, disk);
+    g_autofree char *args = g_strdup_printf(
+        "-machine virt -smp 2 -action watchdog=none "
+        "-drive if=none,id=d0,format=qcow2,file=%s "
+        "-device vcpu-stall-detector,id=sd,clock=vcpu-runtime", disk);
+    g_autofree char *load = g_strdup_printf("%s -loadvm s1", args);
+    g_autofree char *out = NULL;
+    QTestState *qts;
+    int status;
+
+    g_assert_true(g_spawn_command_line_sync(create, NULL, NULL, &status, NULL));
+    g_assert_cmpint(status, ==, 0);
+
+    qts = qtest_init(args);
+    arm_bank(qts, 1, 10, 50);
+    wr(qts, 0, CLOCK_FREQ_HZ, 7);
+    qtest_clock_step(qts, 3 * NS_PER_SEC);
+    out = qtest_hmp(qts, "savevm s1");
+    g_assert_cmpstr(out, ==, "");
+    qtest_quit(qts);
+
+    qts = qtest_init(load);
+    g_assert_cmpuint(rd(qts, 1, STATUS), ==, 1);
+    g_assert_cmpuint(rd(qts, 1, LOAD_CNT), ==, 50);
+    g_assert_cmpuint(rd(qts, 1, CURRENT_CNT), ==, 50);
+    g_assert_cmpuint(rd(qts, 0, CLOCK_FREQ_HZ), ==, 7);
+    g_assert_cmpuint(rd(qts, 0, STATUS), ==, 0);
+    qtest_clock_step(qts, 10 * NS_PER_SEC);
+    g_assert_cmpuint(rd(qts, 1, CURRENT_CNT), ==, 50);
+    assert_no_stall_yet(qts);
+    qtest_quit(qts);
+
+    unlink(disk);
+    rmdir(dir);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -763,6 +810,8 @@ int main(int argc, char **argv)
                    test_one_hang_one_action);
     qtest_add_func("/vcpu-stall-detector/migration-vcpu-runtime",
                    test_migration_vcpu_runtime);
+    qtest_add_func("/vcpu-stall-detector/loadvm-vcpu-runtime",
+                   test_loadvm_vcpu_runtime);
 
     return g_test_run();
 }
