@@ -4,9 +4,9 @@
 //!
 //! Guest ABI (Linux `drivers/misc/vcpu_stall_detector.c`): one 0x10-byte
 //! bank per vCPU, bank `i` at `i * 0x10` belonging to CPU index `i`, with
-//! 32-bit registers STATUS (0x0), LOAD_CNT (0x4), CURRENT_CNT (0x8) and
-//! CLOCK_FREQ_HZ (0xc). The guest programs the tick rate, loads a tick
-//! count, enables the bank, and then reloads LOAD_CNT (the "pet") before
+//! 32-bit registers STATUS (0x0), `LOAD_CNT` (0x4), `CURRENT_CNT` (0x8) and
+//! `CLOCK_FREQ_HZ` (0xc). The guest programs the tick rate, loads a tick
+//! count, enables the bank, and then reloads `LOAD_CNT` (the "pet") before
 //! the count runs out.
 //!
 //! Time is measured in nanoseconds of a *time source* chosen by the shell:
@@ -114,7 +114,7 @@ pub fn decode(offset: u64, size: u32, banks: u32) -> Result<(u32, Register), Acc
     if size != 4 {
         return Err(AccessError::Size(size));
     }
-    if offset % 4 != 0 {
+    if offset & 3 != 0 {
         return Err(AccessError::Misaligned(offset));
     }
     let bank = offset / BANK_SIZE;
@@ -134,11 +134,11 @@ pub fn decode(offset: u64, size: u32, banks: u32) -> Result<(u32, Register), Acc
 /// A guest write that was accepted only in part, or not at all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuestError {
-    /// CURRENT_CNT is read-only; the write was ignored.
+    /// `CURRENT_CNT` is read-only; the write was ignored.
     ReadOnly(Register),
-    /// The bank was told to count while CLOCK_FREQ_HZ is 0; it stays idle.
+    /// The bank was told to count while `CLOCK_FREQ_HZ` is 0; it stays idle.
     NoClock,
-    /// CLOCK_FREQ_HZ was set to 0 (stored; the bank cannot count with it).
+    /// `CLOCK_FREQ_HZ` was set to 0 (stored; the bank cannot count with it).
     ZeroClock,
     /// STATUS was written with reserved bits set (bit 0 still applies).
     ReservedStatusBits(u32),
@@ -309,7 +309,7 @@ impl Bank {
             .max(self.budget_ns / REARM_DIVISOR)
     }
 
-    /// Starts a countdown of LOAD_CNT ticks, if the bank is enabled and has a clock.
+    /// Starts a countdown of `LOAD_CNT` ticks, if the bank is enabled and has a clock.
     fn start(&mut self, owner: u32, now: u64) -> (Timer, Option<GuestError>) {
         if !self.enabled() {
             self.stage = Stage::Idle as u8;
@@ -357,7 +357,7 @@ impl Bank {
                     timer,
                     lower_irq: true,
                     error: error
-                        .or((reserved != 0).then_some(GuestError::ReservedStatusBits(reserved))),
+                        .or_else(|| (reserved != 0).then_some(GuestError::ReservedStatusBits(reserved))),
                 }
             }
             Register::LoadCnt => {

@@ -50,7 +50,7 @@ use crate::ffi::{self, StrProp};
 
 ::trace::include_trace!("vigil");
 
-/// Most vCPUs one device serves (arm `virt` with GICv3 allows 512).
+/// Most vCPUs one device serves (arm `virt` with `GICv3` allows 512).
 pub const MAX_BANKS: usize = 512;
 /// The MMIO region is a whole number of 4 KiB pages.
 const REGION_ALIGN: u64 = 0x1000;
@@ -83,7 +83,7 @@ impl Source {
 pub enum BankStat {
     /// `cpuN-enabled`: STATUS bit 0.
     Enabled,
-    /// `cpuN-remaining-ticks`: what CURRENT_CNT reads now.
+    /// `cpuN-remaining-ticks`: what `CURRENT_CNT` reads now.
     RemainingTicks,
     /// `cpuN-stalls`: how many times the budget ran out.
     Stalls,
@@ -175,7 +175,7 @@ pub struct VcpuStallDetector {
     #[property(rename = "immediate-action", default = false)]
     immediate_action: bool,
 
-    /// From the `clock` property, at realize (QOM zeroes it: VcpuRuntime).
+    /// From the `clock` property, at realize (QOM zeroes it: `VcpuRuntime`).
     source: BqlCell<Source>,
     num_banks: BqlCell<u32>,
     num_banks_saved: BqlCell<u32>,

@@ -100,7 +100,7 @@ pub fn nmi_action_does_nothing() -> bool {
 pub fn warn(msg: &str) {
     let msg = CString::new(msg).unwrap_or_default();
     // SAFETY: a "%s" format with one NUL-terminated string argument.
-    unsafe { warn_report(c"%s".as_ptr(), msg.as_ptr()) };
+    unsafe { warn_report(c"%s".as_ptr(), msg.as_ptr()); }
 }
 
 /// The CPU-time clock of host thread `tid` of this process.
@@ -211,7 +211,9 @@ pub fn describe_properties<K>(klass: &mut K, descriptions: &[(&CStr, &CStr)]) {
     for (name, text) in descriptions {
         // SAFETY: every QOM class struct starts with its ObjectClass; the
         // properties were registered by class_init just before.
-        unsafe { object_class_property_set_description(oc, name.as_ptr(), text.as_ptr()) };
+        unsafe {
+            object_class_property_set_description(oc, name.as_ptr(), text.as_ptr());
+        }
     }
 }
 
