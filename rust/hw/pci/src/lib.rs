@@ -13,7 +13,7 @@
 //!   [`PCIDeviceClass::class_init`];
 //! * [`PCIDeviceMethods`]: a BAR from a `MemoryRegion`
 //!   ([`register_bar`](PCIDeviceMethods::register_bar)), where the guest
-//!   mapped it, and the INTx pin;
+//!   mapped it, and the `INTx` pin;
 //! * [`register_pci_device!`](crate::register_pci_device): QOM registration
 //!   with the PCI interfaces QEMU requires of every PCI device type.
 //!
@@ -298,7 +298,7 @@ where
         (addr != u64::MAX).then_some(addr)
     }
 
-    /// Drives the device's INTx pin (the one in its config space).
+    /// Drives the device's `INTx` pin (the one in its config space).
     fn set_irq(&self, level: bool) {
         assert!(bql::is_locked());
         // SAFETY: a live, realized device (INTx is routed at realize).

@@ -34,7 +34,9 @@ pub fn check_events(device: &str, events: u8) {
     if let Some(w) = events_warning(events) {
         let msg = std::ffi::CString::new(format!("{device}: {w}")).unwrap_or_default();
         // SAFETY: a "%s" format with one NUL-terminated string argument.
-        unsafe { ffi::warn_report(c"%s".as_ptr(), msg.as_ptr()) };
+        unsafe {
+            ffi::warn_report(c"%s".as_ptr(), msg.as_ptr());
+        }
     }
 }
 

@@ -29,7 +29,7 @@ extern "C" {
     fn pvpanic_isa_class_init_aml(klass: *mut c_void);
 }
 
-/// The machine's fw_cfg device.
+/// The machine's `fw_cfg` device.
 pub struct FwCfg(*mut FWCfgState);
 
 impl FwCfg {

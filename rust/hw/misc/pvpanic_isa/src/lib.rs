@@ -4,7 +4,7 @@
 //! `hw/misc/pvpanic-isa.c` when QEMU is built with Rust.
 //!
 //! Same QOM type name, properties (`ioport`, default 0x505; `events`, default
-//! all three), fw_cfg file `etc/pvpanic-port`, ACPI device (`PEVT`, `_HID
+//! all three), `fw_cfg` file `etc/pvpanic-port`, ACPI device (`PEVT`, `_HID
 //! "QEMU0001"`, the C device's own AML builder, `hw/misc/pvpanic-isa-aml.c`) and
 //! guest-visible semantics (`vigil_core::pvpanic`). Like the C device it
 //! has no migration state: `events` and `ioport` are configuration.
