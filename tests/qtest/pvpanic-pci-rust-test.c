@@ -3,8 +3,9 @@
  * pvpanic-pci-test: what the guest sees in config space (ids, class,
  * revision, subsystem, no INTx, no ROM), BAR 0 (2 bytes of 32-bit
  * memory, the only BAR), every event and the events property through the
- * BAR, wide and unaligned accesses, and a migration between two QEMUs
- * that keeps the guest-programmed config space (VMSTATE_PCI_DEVICE).
+ * BAR, wide and unaligned accesses, a migration between two QEMUs that
+ * keeps the guest-programmed config space (VMSTATE_PCI_DEVICE), and hot
+ * plug and unplug (realize, unrealize and finalize of the Rust device).
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -261,6 +262,31 @@ static void test_migration(gconstpointer machine)
     unlink(sock);
 }
 
+/* device_add, then ACPI hot unplug on pc, twice: the device comes and goes */
+static void test_hotplug(void)
+{
+    QTestState *qts = qtest_init("-M pc");
+
+    for (int i = 0; i < 2; i++) {
+        QPCIBus *bus;
+        QPCIDevice *dev;
+        QPCIBar bar;
+
+        qtest_qmp_device_add(qts, "pvpanic-pci", "hp", "{'addr': '06.0'}");
+        bus = qpci_new_pc(qts, NULL);
+        dev = qpci_device_find(bus, QPCI_DEVFN(6, 0));
+        g_assert_nonnull(dev);
+        g_assert_cmphex(qpci_config_readw(dev, PCI_DEVICE_ID), ==, 0x0011);
+        qpci_device_enable(dev);
+        bar = qpci_iomap(dev, 0, NULL);
+        g_assert_cmphex(qpci_io_readb(dev, bar, 0), ==, PVPANIC_EVENTS);
+        g_free(dev);
+        qpci_free_pc(bus);
+        qpci_unplug_acpi_device_test(qts, "hp", 6);
+    }
+    qtest_quit(qts);
+}
+
 int main(int argc, char **argv)
 {
     static const char *const machines[] = { "pc", "q35" };
@@ -284,5 +310,6 @@ int main(int argc, char **argv)
         ADD("migration", test_migration);
 #undef ADD
     }
+    qtest_add_func("/pvpanic-pci-rust/pc/hotplug", test_hotplug);
     return g_test_run();
 }
