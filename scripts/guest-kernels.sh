@@ -205,14 +205,19 @@ kdump)
     ;;
 vmcore)
     if [ -r /proc/vmcore ]; then
-        say "crash kernel up, vmcore $(wc -c < /proc/vmcore) bytes"
-        end=$(($(cut -d. -f1 /proc/uptime) + dumpsecs)) n=0
+        size=$(($(stat -c %s /proc/vmcore) / 1048576))
+        say "crash kernel up, vmcore $size MiB"
+        # 16 MiB at a time, round and round, until dumpsecs have passed
+        end=$(($(cut -d. -f1 /proc/uptime) + dumpsecs)) n=0 off=0 mib=0
         while [ "$(cut -d. -f1 /proc/uptime)" -lt $end ]; do
             n=$((n + 1))
-            cat /proc/vmcore > /dev/null || say "reading vmcore FAILED"
-            say "vmcore pass $n at $(cut -d' ' -f1 /proc/uptime)"
+            dd if=/proc/vmcore of=/dev/null bs=1M count=16 skip=$off 2>/dev/null ||
+                say "reading vmcore FAILED"
+            off=$((off + 16)) mib=$((mib + 16))
+            [ $off -lt $size ] || off=0
+            say "vmcore chunk $n ($mib MiB) at $(cut -d' ' -f1 /proc/uptime)"
         done
-        say "dump done ($n passes, $dumpsecs s)"
+        say "dump done ($mib MiB read in $dumpsecs s)"
         sleep 1
         say "stalling cpu0"
         echo HARDLOCKUP > /sys/kernel/debug/provoke-crash/DIRECT

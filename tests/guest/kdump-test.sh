@@ -128,11 +128,11 @@ def kdump_run():
                "%s; cpu0-enabled %s" % ("; ".join(l for _, l in drv), en))
         done = vm.wait_serial(r"^vigil-guest: dump done", dumpsecs + 60, since=t_panic)
         c_done = vm.vcpu_ns(1)
-        passes = vm.lines(r"^vigil-guest: vmcore pass ", since=t_panic)
+        passes = vm.lines(r"^vigil-guest: vmcore chunk ", since=t_panic)
         used = (c_done - c_panic) / 1e9 if c_done is not None and c_panic is not None else 0.0
         result("kdump: the crash kernel reads /proc/vmcore for >= 3 budgets (3 x 8 s of vCPU 1's CPU time)",
                done is not None and used >= 3 * BUDGET,
-               "%s; %d passes; vCPU 1 CPU time from the panic to 'dump done': %.1f s; wall %.1f s"
+               "%s; %d chunks of 16 MiB; vCPU 1 CPU time from the panic to 'dump done': %.1f s; wall %.1f s"
                % (done[1] if done else "no 'dump done'", len(passes), used,
                   (done[0] if done else time.time()) - t_panic))
         bad = [e for e in bad_events(vm, since=t_panic, until=done[0] if done else None)

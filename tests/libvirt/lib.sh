@@ -43,7 +43,9 @@ cleanup() {
     if [ -n "$daemon_pid" ] && kill -0 "$daemon_pid" 2>/dev/null; then
         if [ -n "$defined" ]; then
             [ "$(vsh domstate "$NAME" 2>/dev/null)" = "shut off" ] || vsh destroy "$NAME" >/dev/null 2>&1
-            vsh undefine "$NAME" >/dev/null 2>&1 && log "domain $NAME undefined"
+            # a UEFI domain (per-domain NVRAM) needs --nvram
+            { vsh undefine "$NAME" >/dev/null 2>&1 || vsh undefine --nvram "$NAME" >/dev/null 2>&1; } &&
+                log "domain $NAME undefined"
         fi
     fi
     if [ -n "$event_pid" ]; then kill "$event_pid" 2>/dev/null; wait "$event_pid" 2>/dev/null; fi

@@ -10,7 +10,9 @@
 #
 #   1. stall: the guest hard-locks CPU 1 (LKDTM); libvirt passes on VCPU_STALL
 #      (virsh qemu-monitor-event) for cpu-index 1 and reports the watchdog event
-#      (virsh event --event watchdog) with QEMU's action.
+#      (virsh event --event watchdog); <watchdog model='i6300esb' action='dump'/>
+#      (needed anyway: libvirt 9.0's daemon segfaults on a WATCHDOG event of a
+#      domain without watchdog device) makes it dump the guest into auto_dump_path.
 #   2. panic: sysrq c -> GUEST_PANICKED through pvpanic-mmio (ACPI QEMU0001);
 #      <on_crash>coredump-destroy</on_crash> writes an ELF core of the guest into
 #      auto_dump_path and the domain ends "shut off (crashed)".
@@ -88,6 +90,9 @@ domain_xml() {
     </serial>
     <controller type='usb' model='none'/>
     <memballoon model='none'/>
+    <!-- libvirt 9.0's QEMU driver crashes on a WATCHDOG event of a domain
+         without a watchdog device; this one also sets QEMU's watchdog action -->
+    <watchdog model='i6300esb' action='dump'/>
   </devices>
   <qemu:commandline>
     <qemu:arg value='-device'/>
@@ -104,6 +109,10 @@ ev_pids=()
 start() {
     local a=$1
     domain_xml "$a" >"$tmp/domain-$a.xml"
+    if [ -n "$defined" ]; then
+        vsh undefine --nvram "$NAME" >/dev/null 2>&1 || { log "cannot undefine $NAME"; return 1; }
+        defined=
+    fi
     vsh define "$tmp/domain-$a.xml" >"$tmp/define.out" 2>&1 || { log "$(cat "$tmp/define.out")"; show_logs; return 1; }
     defined=1
     virsh -c "$URI" event --domain "$NAME" --all --loop --timestamp >"$tmp/events-$a.log" 2>&1 &
@@ -149,6 +158,16 @@ if start stall; then
     wait_file "$tmp/events-stall.log" "event 'watchdog'" 90
     check "aarch64: a hard lockup on CPU 1 reaches libvirt as a watchdog event" $? \
         "$(grep -a "watchdog" "$tmp/events-stall.log" | head -n 3 | paste -sd '|' -)"
+    # <watchdog action='dump'/>: QEMU pauses (-action watchdog=pause), libvirt dumps, resumes
+    end=$(($(date +%s) + 90)) wdump=
+    while [ "$(date +%s)" -lt "$end" ]; do
+        wdump=$(ls "$tmp"/dump/ 2>/dev/null | head -n1)
+        [ -n "$wdump" ] && readelf -h "$tmp/dump/$wdump" 2>/dev/null | grep -q 'Type:[[:space:]]*CORE' && break
+        wdump=; sleep 1
+    done
+    [ -n "$wdump" ]
+    check "aarch64: <watchdog action='dump'/>: libvirt dumps the stalled guest (ELF core in auto_dump_path)" $? \
+        "${wdump:-no dump}; QEMU: $(grep -ao -- '-action watchdog=[a-z]*\|-watchdog-action [a-z]*' "$domlog" | head -n1)"
     sleep 1
     n1=$(grep -ac '"cpu-index":1' "$tmp/qmp-stall.log")
     nx=$(grep -a 'VCPU_STALL' "$tmp/qmp-stall.log" | grep -vc '"cpu-index":1')
