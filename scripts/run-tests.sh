@@ -59,7 +59,7 @@ log "building test programs"
 ninja -C "$VIGIL_BUILD" tests/qtest/vcpu-stall-detector-test tests/qtest/pvpanic-test \
     tests/qtest/pvpanic-pci-test tests/qtest/device-introspect-test tests/qtest/boot-serial-test \
     tests/qtest/pvpanic-mmio-test tests/qtest/vigil-pvpanic-test tests/qtest/bios-tables-test \
-    tests/qtest/pvpanic-pci-rust-test \
+    tests/qtest/pvpanic-pci-rust-test tests/qtest/vigil-virt-acpi-test \
     > "$logdir/ninja-tests.log" 2>&1 || { tail -n 30 "$logdir/ninja-tests.log"; result "build test programs" 1; }
 
 # 2. command-line checks against the built QEMU
@@ -69,6 +69,7 @@ run_checks "command-line checks" cli "$VIGIL_ROOT/scripts/cli-tests.sh"
 MESON=$VIGIL_VENV/bin/meson
 tests=()
 for t in qtest-aarch64/vcpu-stall-detector-test qtest-aarch64/pvpanic-mmio-test qtest-x86_64/vigil-pvpanic-test \
+         qtest-aarch64/vigil-virt-acpi-test \
          qtest-x86_64/pvpanic-test qtest-x86_64/pvpanic-pci-test qtest-x86_64/pvpanic-pci-rust-test \
          qtest-x86_64/device-introspect-test qtest-aarch64/device-introspect-test \
          qtest-aarch64/boot-serial-test; do
@@ -108,6 +109,12 @@ QEMU_X86_64=$VIGIL_BUILD/qemu-system-x86_64 QEMU_AARCH64=$VIGIL_BUILD/qemu-syste
 QEMU_AARCH64=$VIGIL_BUILD/qemu-system-aarch64 \
     run_checks "real guest: the stall PPI with Linux (patched driver: NMI, panic, GUEST_PANICKED)" stall-ppi \
     "$VIGIL_ROOT/tests/guest/stall-ppi-test.sh"
+QEMU_AARCH64=$VIGIL_BUILD/qemu-system-aarch64 \
+    run_checks "real guest: arm64 Linux through UEFI (AAVMF) and ACPI (stall detector, pvpanic-mmio)" uefi-guest \
+    "$VIGIL_ROOT/tests/guest/uefi-guest-test.sh"
+QEMU_AARCH64=$VIGIL_BUILD/qemu-system-aarch64 \
+    run_checks "real guest: arm64 kdump and kexec with the stall detector armed" kdump \
+    "$VIGIL_ROOT/tests/guest/kdump-test.sh"
 
 cargo build -q --release -p vigil --manifest-path "$VIGIL_ROOT/Cargo.toml" 2>"$logdir/vigil-build.log" ||
     result "vigil builds" 1
@@ -131,6 +138,9 @@ QEMU_X86_64=$VIGIL_BUILD/qemu-system-x86_64 VIGIL_BIN=$VIGIL_ROOT/target/release
 QEMU_X86_64=$VIGIL_BUILD/qemu-system-x86_64 \
     run_checks "real libvirt: <panic model='isa'/> with on_crash coredump-destroy" libvirt \
     "$VIGIL_ROOT/tests/libvirt/libvirt-test.sh"
+QEMU_AARCH64=$VIGIL_BUILD/qemu-system-aarch64 \
+    run_checks "real libvirt on aarch64: UEFI, both devices, watchdog dump, on_crash coredump" libvirt-aarch64 \
+    "$VIGIL_ROOT/tests/libvirt/libvirt-aarch64-test.sh"
 
 if [ ${#failures[@]} -gt 0 ]; then
     log "failed:"; printf '  %s\n' "${failures[@]}" >&2
