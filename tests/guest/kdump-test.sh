@@ -28,7 +28,8 @@
 #
 # Prints "PASS<TAB>name" / "FAIL<TAB>name" per check (details on stderr).
 # Environment: QEMU_AARCH64, KDUMP_TESTS (default "kdump kexec"), KDUMP_DUMPSECS,
-# KDUMP_BOOT=dt|uefi (default dt: direct kernel boot; uefi: through AAVMF).
+# KDUMP_BOOT (default "dt uefi": each scenario booted directly with QEMU's device
+# tree, then through AAVMF with ACPI; check names are prefixed "[dt]"/"[uefi]").
 set -uo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -38,7 +39,8 @@ QEMU_A64=${QEMU_AARCH64:-$VIGIL_BUILD/qemu-system-aarch64}
 . "$here/lib.sh"
 
 "$QEMU_A64" --version >/dev/null 2>&1 || { log "QEMU not usable: $QEMU_A64"; fail "setup: QEMU binary runs"; exit 1; }
-if [ "${KDUMP_BOOT:-dt}" = uefi ] && [ ! -f /usr/share/AAVMF/AAVMF_CODE.fd ]; then
+BOOTS=${KDUMP_BOOT:-dt uefi}
+if [[ " $BOOTS " == *" uefi "* ]] && [ ! -f /usr/share/AAVMF/AAVMF_CODE.fd ]; then
     fail "setup: AAVMF firmware installed"; exit 1
 fi
 if ! GUEST_KERNELS=arm64 "$root/scripts/guest-kernels.sh" >"$tmp/guests.env" 2>"$tmp/guests.log"; then
@@ -49,7 +51,7 @@ fi
 . "$tmp/guests.env"
 [ -s "${ARM64_KDUMP_INITRD:-}" ] || { fail "setup: the kdump initramfs exists"; exit 1; }
 
-VIGIL_GUEST_DIR=$here python3 - "$QEMU_A64" "$tmp" "$ARM64_KERNEL" "$ARM64_KDUMP_INITRD" <<'EOF_PY'
+cat >"$tmp/kdump.py" <<'EOF_PY'
 import json, os, re, sys, time
 sys.path.insert(0, os.environ["VIGIL_GUEST_DIR"])
 import vigilvm as v
@@ -214,6 +216,11 @@ for r in os.environ.get("KDUMP_TESTS", "kdump kexec").split():
     log("%s done in %.1f s" % (r, time.time() - t))
 sys.exit(1 if v.failures else 0)
 EOF_PY
-st=$?
+st=0
+for boot in $BOOTS; do
+    KDUMP_BOOT=$boot VIGIL_GUEST_DIR=$here python3 "$tmp/kdump.py" "$QEMU_A64" "$tmp" "$ARM64_KERNEL" \
+        "$ARM64_KDUMP_INITRD" | sed -u "s/^\(PASS\|FAIL\)\t/\1\t[$boot] /"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || st=1
+done
 [ $st -eq 0 ] || failures=$((failures + 1))
 exit $st
