@@ -227,11 +227,17 @@ impl VcpuStallDetector {
         ffi::describe_properties(
             klass,
             &[
-                (c"clock-frequency", c"tick rate in Hz the guest is told to program (1-99)"),
-                (c"timeout-sec", c"timeout in seconds the guest is told to use (1-599)"),
+                (
+                    c"clock-frequency",
+                    c"tick rate in Hz the guest is told to program (1-99), in the device tree and ACPI _DSD; Linux's driver reads it only from the device tree and uses 10 under ACPI",
+                ),
+                (
+                    c"timeout-sec",
+                    c"timeout in seconds the guest is told to use (1-599), in the device tree and ACPI _DSD; Linux's driver reads it only from the device tree and uses 8 under ACPI",
+                ),
                 (
                     c"clock",
-                    c"what a countdown consumes: vcpu-runtime (the vCPU thread's CPU time, default) or virtual (QEMU_CLOCK_VIRTUAL)",
+                    c"what a countdown consumes: vcpu-runtime (CPU time of the thread of the vCPU that last armed or reloaded the bank, default; virtual under record/replay) or virtual (QEMU_CLOCK_VIRTUAL)",
                 ),
                 (c"ppi", c"PPI number (0-15) of the per-CPU interrupt, -1 for none"),
                 (
