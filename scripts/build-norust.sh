@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Configure (once) and build qemu-system-aarch64 without Rust, from the same
+# patched tree as scripts/build.sh, in $VIGIL_CACHE/build-norust: proves that
+# our patches keep QEMU building with --disable-rust (C pvpanic devices, no
+# stall detector). A no-op when nothing changed. Its own build directory, so
+# it needs no lock on $VIGIL_BUILD.
+set -euo pipefail
+. "$(dirname "$0")/common.sh"
+
+VIGIL_SRC=$(cat "$VIGIL_CACHE/src-path" 2>/dev/null || echo "$VIGIL_SRC")
+VIGIL_BUILD_NORUST=${VIGIL_BUILD_NORUST:-$VIGIL_CACHE/build-norust}
+# As scripts/build.sh, but --disable-rust and aarch64 only
+CONFIGURE_ARGS=(
+    --python="$VIGIL_VENV/bin/python3"
+    --disable-rust
+    --target-list=aarch64-softmmu
+    --without-default-features
+    --enable-fdt=system
+    --enable-kvm --enable-tcg
+    --disable-docs
+    --disable-install-blobs
+    --cc="ccache cc"
+)
+mkdir -p "$VIGIL_BUILD_NORUST"
+stamp=$VIGIL_BUILD_NORUST/.vigil-configure
+want="$VIGIL_SRC ${CONFIGURE_ARGS[*]}"
+if [ ! -f "$VIGIL_BUILD_NORUST/build.ninja" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    t0=$(now)
+    log "configure without Rust (in $VIGIL_BUILD_NORUST)"
+    (cd "$VIGIL_BUILD_NORUST" && "$VIGIL_SRC/configure" "${CONFIGURE_ARGS[@]}") > "$VIGIL_BUILD_NORUST/vigil-configure.log" 2>&1 ||
+        { tail -n 30 "$VIGIL_BUILD_NORUST/vigil-configure.log"; die "configure failed (log: $VIGIL_BUILD_NORUST/vigil-configure.log)"; }
+    echo "$want" > "$stamp"
+    log "configure took $(elapsed "$t0")"
+fi
+
+t0=$(now)
+log "ninja (no Rust): qemu-system-aarch64"
+ninja -C "$VIGIL_BUILD_NORUST" qemu-system-aarch64 "$@"
+log "no-Rust build took $(elapsed "$t0")"
