@@ -10,13 +10,15 @@ set -euo pipefail
 # UEFI firmware for Arm virt (AAVMF) and iasl for the ACPI checks; Prometheus
 # (prometheus, promtool), curl and systemd-analyze for vigil's fleet checks;
 # qemu-img (qemu-utils) for the stall detector's -loadvm qtest.
+# Sphinx and its Read the Docs theme (QEMU's docs theme) for the docs check.
 APT_BUILD=(ninja-build pkg-config libglib2.0-dev libpixman-1-dev zlib1g-dev libfdt-dev
            libclang-dev bindgen device-tree-compiler ccache python3-venv flex bison
            seabios ipxe-qemu qemu-system-data git xz-utils ca-certificates
            gcc-aarch64-linux-gnu make bc libssl-dev libelf-dev
            libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients binutils util-linux
            qemu-efi-aarch64 acpica-tools patch
-           prometheus curl systemd qemu-utils)
+           prometheus curl systemd qemu-utils
+           python3-sphinx python3-sphinx-rtd-theme)
 APT_EXTRA=("$@")
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
