@@ -2,7 +2,8 @@
 # Run every vigil test and print one summary line: "N passed, M failed".
 #
 #   1. cargo test: the pure-Rust core (unit and property tests)
-#   2. QEMU-level checks of our devices from the command line (cli-tests.sh)
+#   2. QEMU-level checks of our devices from the command line (cli-tests.sh);
+#      QEMU built --disable-rust (norust-tests.sh); the docs (docs-tests.sh)
 #   3. meson test: our qtests, QEMU's own pvpanic/pvpanic-pci/device-introspect
 #      (both targets) and boot-serial (aarch64) qtests, QEMU's Rust suite
 #   4. real guests under TCG: a bare-metal aarch64 guest (stall detector) and
@@ -64,6 +65,12 @@ ninja -C "$VIGIL_BUILD" tests/qtest/vcpu-stall-detector-test tests/qtest/pvpanic
 
 # 2. command-line checks against the built QEMU
 run_checks "command-line checks" cli "$VIGIL_ROOT/scripts/cli-tests.sh"
+
+# 2b. QEMU with our patches and --disable-rust (its own build directory,
+# $VIGIL_CACHE/build-norust, built here: a no-op when nothing changed); docs
+run_checks "QEMU without Rust: build, -M virt, C pvpanic-mmio, no stall detector" norust \
+    "$VIGIL_ROOT/scripts/norust-tests.sh"
+run_checks "docs: Sphinx -W over our pages, QEMU's toctrees" docs "$VIGIL_ROOT/scripts/docs-tests.sh"
 
 # 3. meson tests
 MESON=$VIGIL_VENV/bin/meson
