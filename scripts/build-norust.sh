@@ -37,3 +37,10 @@ t0=$(now)
 log "ninja (no Rust): qemu-system-aarch64"
 ninja -C "$VIGIL_BUILD_NORUST" qemu-system-aarch64 "$@"
 log "no-Rust build took $(elapsed "$t0")"
+
+# virt's default NIC (virtio-net-pci) needs its option ROM: Debian's, as in
+# scripts/build.sh, in the data directory a build-tree QEMU searches.
+datadir=$("$VIGIL_BUILD_NORUST/qemu-system-aarch64" -L help | grep '/share/qemu$' | head -n1)
+[ -d "$datadir" ] || die "cannot find the no-Rust build tree's data directory (qemu-system-aarch64 -L help)"
+[ -e /usr/lib/ipxe/qemu/efi-virtio.rom ] || die "missing firmware /usr/lib/ipxe/qemu/efi-virtio.rom (run scripts/deps.sh)"
+ln -sfn /usr/lib/ipxe/qemu/efi-virtio.rom "$datadir/efi-virtio.rom"

@@ -3,7 +3,8 @@
 #
 #   1. cargo test: the pure-Rust core (unit and property tests)
 #   2. QEMU-level checks of our devices from the command line (cli-tests.sh);
-#      QEMU built --disable-rust (norust-tests.sh); the docs (docs-tests.sh)
+#      QEMU built --disable-rust (norust-tests.sh); the docs (docs-tests.sh);
+#      QEMU's checkpatch.pl over patches/ and our C files (checkpatch-tests.sh)
 #   3. meson test: our qtests, QEMU's own pvpanic/pvpanic-pci/device-introspect
 #      (both targets) and boot-serial (aarch64) qtests, QEMU's Rust suite
 #   4. real guests under TCG: a bare-metal aarch64 guest (stall detector) and
@@ -71,6 +72,7 @@ run_checks "command-line checks" cli "$VIGIL_ROOT/scripts/cli-tests.sh"
 run_checks "QEMU without Rust: build, -M virt, C pvpanic-mmio, no stall detector" norust \
     "$VIGIL_ROOT/scripts/norust-tests.sh"
 run_checks "docs: Sphinx -W over our pages, QEMU's toctrees" docs "$VIGIL_ROOT/scripts/docs-tests.sh"
+run_checks "checkpatch: patches/ and our C sources" checkpatch "$VIGIL_ROOT/scripts/checkpatch-tests.sh"
 
 # 3. meson tests
 MESON=$VIGIL_VENV/bin/meson

@@ -9,7 +9,10 @@
 
 #define TYPE_VCPU_STALL_DETECTOR "vcpu-stall-detector"
 
-/* Linux: Documentation/devicetree/bindings/misc/qemu,vcpu-stall-detector.yaml */
+/*
+ * Linux's binding:
+ * Documentation/devicetree/bindings/misc/qemu,vcpu-stall-detector.yaml
+ */
 #define VCPU_STALL_DETECTOR_FDT_COMPAT "qemu,vcpu-stall-detector"
 
 /* One bank of four 32-bit registers per vCPU */
@@ -20,7 +23,7 @@
  * cannot reach from Rust (a thread-local, CPUState fields, macros).
  */
 
-/* cpu_index of the vCPU whose thread runs this code, or -1 (main loop, qtest) */
+/* cpu_index of the vCPU running this code, or -1 (main loop, qtest) */
 int vcpu_stall_detector_current_cpu(void);
 /* Host thread id of vCPU @cpu_index, or 0 if there is none (yet) */
 int vcpu_stall_detector_cpu_thread_id(int cpu_index);
