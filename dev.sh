@@ -4,7 +4,7 @@
 #   ./dev.sh [build]   install dependencies, fetch and patch QEMU 10.2.2, build
 #   ./dev.sh check     build, then run every test (last line: "N passed, M failed")
 #   ./dev.sh demo      build, then run the demo
-#   ./dev.sh clean     remove the build directory and the patched QEMU tree
+#   ./dev.sh clean     remove the build directories and the patched QEMU tree
 #                      (downloads and ccache stay in $VIGIL_CACHE)
 #
 # Everything large lives in $VIGIL_CACHE (default ~/.cache/vigil), outside git.
@@ -26,8 +26,8 @@ case "${1:-build}" in
     check) build; scripts/run-tests.sh ;;
     demo)  build; scripts/demo.sh ;;
     clean)
-        log "removing $VIGIL_BUILD and $VIGIL_SRC"
-        rm -rf "$VIGIL_BUILD" "$VIGIL_SRC" "$VIGIL_CACHE/src-path" ;;
+        log "removing $VIGIL_BUILD, $VIGIL_CACHE/build-norust, $VIGIL_CACHE/docs-build and $VIGIL_SRC"
+        rm -rf "$VIGIL_BUILD" "$VIGIL_CACHE/build-norust" "$VIGIL_CACHE/docs-build" "$VIGIL_SRC" "$VIGIL_CACHE/src-path" ;;
     -h|--help|help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' ;;
     *) die "unknown target '$1' (build, check, demo, clean)" ;;
 esac
