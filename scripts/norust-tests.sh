@@ -109,3 +109,58 @@ c_pvpanic_linked() {
     ! grep -qw vcpu_stall_detector_current_cpu <<<"$syms" || { echo "stall detector helpers in $A64"; return 1; }
 }
 check "no-Rust: QEMU's C pvpanic-mmio.c and pvpanic.c are linked, no stall detector" c_pvpanic_linked
+
+# Migration from C to Rust: the whole virt machine with the C pvpanic-pci of
+# this build migrates to the Rust-built QEMU (our pvpanic-pci), and the
+# destination has the device with the source's configuration.
+c_to_rust_migration() {
+    local rust=$VIGIL_BUILD/qemu-system-aarch64 d
+    d=$(mktemp -d)
+    "$rust" -M virt -accel tcg -display none -nodefaults -S -device pvpanic-pci,id=pp,events=3 \
+        -incoming "unix:$d/mig.sock" -qmp "unix:$d/dst.qmp,server=on,wait=off" 2>"$d/dst.err" &
+    local dpid=$!
+    "$A64" -M virt -accel tcg -display none -nodefaults -S -device pvpanic-pci,id=pp,events=3 \
+        -qmp "unix:$d/src.qmp,server=on,wait=off" 2>"$d/src.err" &
+    local spid=$! rc=0
+    python3 - "$d" <<'PY' || rc=1
+import json, socket, sys, time
+d = sys.argv[1]
+def conn(path):
+    for _ in range(100):
+        try:
+            s = socket.socket(socket.AF_UNIX); s.connect(path); break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        sys.exit("cannot connect to " + path)
+    f = s.makefile("rw"); f.readline()
+    def cmd(name, **args):
+        f.write(json.dumps({"execute": name, "arguments": args}) + "\n"); f.flush()
+        while True:
+            m = json.loads(f.readline())
+            if "return" in m or "error" in m:
+                return m
+    cmd("qmp_capabilities")
+    return cmd
+dst = conn(d + "/dst.qmp"); src = conn(d + "/src.qmp")
+# the source really has C's device: the Rust build's pvpanic-pci is not in it
+src("migrate", uri="unix:%s/mig.sock" % d)
+for _ in range(300):
+    st = src("query-migrate")["return"]
+    if st.get("status") in ("completed", "failed"):
+        break
+    time.sleep(0.1)
+print("migration:", st.get("status"), st.get("error-desc", ""))
+ev = dst("qom-get", path="/machine/peripheral/pp", property="events")
+print("destination events:", ev)
+dst("cont")
+status = dst("query-status")["return"]["status"]
+print("destination status after cont:", status)
+ok = st.get("status") == "completed" and ev.get("return") == 3 and status == "running"
+sys.exit(0 if ok else 1)
+PY
+    kill "$spid" "$dpid" 2>/dev/null; wait "$spid" "$dpid" 2>/dev/null
+    cat "$d/src.err" "$d/dst.err"; rm -rf "$d"
+    return $rc
+}
+check "C to Rust: virt with the C pvpanic-pci (this build) migrates to the Rust-built QEMU" c_to_rust_migration
