@@ -322,22 +322,11 @@ static void test_disabled_never_fires(void)
     qtest_quit(qts);
 }
 
-static void test_migration_keeps_budget(void)
+/* Migrates @src to @dst (started with -incoming @uri) and waits for it */
+static void migrate(QTestState *src, QTestState *dst, const char *uri)
 {
-    g_autofree char *dir = g_dir_make_tmp("stall-mig-XXXXXX", NULL);
-    g_autofree char *uri = g_strdup_printf("unix:%s/mig.sock", dir);
-    g_autofree char *sock = g_strdup_printf("%s/mig.sock", dir);
-    g_autofree char *incoming = g_strdup_printf(" -action watchdog=none"
-                                                " -incoming %s", uri);
-    QTestState *src = start(" -action watchdog=none");
-    QTestState *dst = start(incoming);
     QDict *rsp;
     const char *status;
-
-    arm_bank(src, 1, 10, 10);               /* 1 s */
-    wr(src, 0, CLOCK_FREQ_HZ, 7);           /* an idle bank keeps its values */
-    qtest_clock_step(src, 400 * NS_PER_MS);
-    g_assert_cmpuint(rd(src, 1, CURRENT_CNT), ==, 6);
 
     qtest_qmp_assert_success(src, "{'execute': 'migrate',"
                              " 'arguments': { 'uri': %s } }", uri);
@@ -353,6 +342,24 @@ static void test_migration_keeps_budget(void)
         qobject_unref(rsp);
     } while (true);
     qtest_qmp_eventwait(dst, "RESUME");
+}
+
+static void test_migration_keeps_budget(void)
+{
+    g_autofree char *dir = g_dir_make_tmp("stall-mig-XXXXXX", NULL);
+    g_autofree char *uri = g_strdup_printf("unix:%s/mig.sock", dir);
+    g_autofree char *sock = g_strdup_printf("%s/mig.sock", dir);
+    g_autofree char *incoming = g_strdup_printf(" -action watchdog=none"
+                                                " -incoming %s", uri);
+    QTestState *src = start(" -action watchdog=none");
+    QTestState *dst = start(incoming);
+
+    arm_bank(src, 1, 10, 10);               /* 1 s */
+    wr(src, 0, CLOCK_FREQ_HZ, 7);           /* an idle bank keeps its values */
+    qtest_clock_step(src, 400 * NS_PER_MS);
+    g_assert_cmpuint(rd(src, 1, CURRENT_CNT), ==, 6);
+
+    migrate(src, dst, uri);
 
     /* Neither refilled nor expired: 600 ms of the budget are left */
     g_assert_cmpuint(rd(dst, 1, STATUS), ==, 1);
@@ -700,26 +707,11 @@ static void test_migration_vcpu_runtime(void)
     QTestState *src = qtest_init(args);
     g_autofree char *dargs = g_strdup_printf("%s -incoming %s", args, uri);
     QTestState *dst = qtest_init(dargs);
-    QDict *rsp;
-    const char *status;
 
     arm_bank(src, 1, 10, 50);
     qtest_clock_step(src, 3 * NS_PER_SEC);
     g_assert_cmpuint(rd(src, 1, CURRENT_CNT), ==, 50);
-    qtest_qmp_assert_success(src, "{'execute': 'migrate',"
-                             " 'arguments': { 'uri': %s } }", uri);
-    do {
-        g_usleep(20 * 1000);
-        rsp = qtest_qmp(src, "{'execute': 'query-migrate'}");
-        status = qdict_get_try_str(qdict_get_qdict(rsp, "return"), "status");
-        g_assert_cmpstr(status, !=, "failed");
-        if (g_str_equal(status, "completed")) {
-            qobject_unref(rsp);
-            break;
-        }
-        qobject_unref(rsp);
-    } while (true);
-    qtest_qmp_eventwait(dst, "RESUME");
+    migrate(src, dst, uri);
     g_assert_cmpuint(rd(dst, 1, STATUS), ==, 1);
     g_assert_cmpuint(rd(dst, 1, CURRENT_CNT), ==, 50);
     qtest_clock_step(dst, 10 * NS_PER_SEC);
