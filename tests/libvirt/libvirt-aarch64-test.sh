@@ -30,21 +30,11 @@ TIMEOUT=${LIBVIRT_TEST_TIMEOUT:-300}
 NAME=vigil-aarch64-libvirt
 GUEST_MIB=1024
 
-T0=$(date +%s.%N)
-log() { printf '[libvirt-aarch64 %6.1f] %s\n' "$(awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN{print b-a}')" "$*" >&2; }
-failures=0
-pass() { printf 'PASS\t%s\n' "$1"; }
-fail() { printf 'FAIL\t%s\n' "$1"; failures=$((failures + 1)); }
-check() { # NAME CONDITION-STATUS [DETAIL]
-    if [ "$2" -eq 0 ]; then pass "$1"; else fail "$1"; fi
-    [ -n "${3:-}" ] && log "$([ "$2" -eq 0 ] && echo ok || echo NOT OK): $1: $3"
-    return 0
-}
-fatal() { fail "$1"; log "NOT OK: $1: $2"; exit 1; }
-since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f s", b-a}'; }
+LV_TAG=libvirt-aarch64
+. "$here/lib.sh" functions   # log, pass, fail, check, fatal, since, lv_packages
+T0=$LV_T0
 
 [ "$(id -u)" = 0 ] || fatal "aarch64: runs as root" "must run as root (runs its own libvirtd)"
-. "$here/lib.sh" functions
 lv_packages libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients binutils util-linux qemu-efi-aarch64 ||
     fatal "aarch64: packages installed" "apt-get install failed"
 ls /usr/share/qemu/firmware/*aarch64*.json >/dev/null 2>&1 ||

@@ -49,24 +49,13 @@ TIMEOUT=${LIBVIRT_TEST_TIMEOUT:-150}
 NAME=vigil-pvpanic-libvirt
 GUEST_MIB=256
 
-T0=$(date +%s.%N)
-log() { printf '[libvirt-test %6.1f] %s\n' "$(awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN{print b-a}')" "$*" >&2; }
-failures=0
-pass() { printf 'PASS\t%s\n' "$1"; }
-fail() { printf 'FAIL\t%s\n' "$1"; failures=$((failures + 1)); }
-check() { # NAME CONDITION-STATUS [DETAIL]
-    if [ "$2" -eq 0 ]; then pass "$1"; else fail "$1"; fi
-    [ -n "${3:-}" ] && log "$([ "$2" -eq 0 ] && echo ok || echo NOT OK): $1: $3"
-    return 0
-}
-fatal() { # NAME DETAIL: a check that makes the rest pointless
-    fail "$1"; log "NOT OK: $1: $2"; exit 1
-}
+LV_TAG=libvirt-test
+. "$here/lib.sh" functions   # log, pass, fail, check, fatal, since, lv_packages
+T0=$LV_T0
 
 [ "$(id -u)" = 0 ] || { log "must run as root (runs its own libvirtd)"; exit 1; }
 
 # ---- 1. packages ----------------------------------------------------------------------
-. "$here/lib.sh" functions
 lv_packages libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients binutils util-linux ||
     fatal "packages installed" "apt-get install failed"
 pass "packages installed"
@@ -199,5 +188,5 @@ fi
 check "domain ended shut off (crashed)" $? "domstate --reason: ${state:-?}"
 
 [ "$failures" -eq 0 ] || show_logs
-log "done in $(awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f s", b-a}'): $failures failure(s)"
+log "done in $(since "$T0"): $failures failure(s)"
 [ "$failures" -eq 0 ]
