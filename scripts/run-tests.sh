@@ -73,6 +73,7 @@ run_checks "QEMU without Rust: build, -M virt, C pvpanic-mmio, no stall detector
     "$VIGIL_ROOT/scripts/norust-tests.sh"
 run_checks "docs: Sphinx -W over our pages, QEMU's toctrees" docs "$VIGIL_ROOT/scripts/docs-tests.sh"
 run_checks "checkpatch: patches/ and our C sources" checkpatch "$VIGIL_ROOT/scripts/checkpatch-tests.sh"
+run_checks "lints: clippy and rustfmt, QEMU's settings, over our crates" lint "$VIGIL_ROOT/scripts/lint-tests.sh"
 
 # 3. meson tests
 MESON=$VIGIL_VENV/bin/meson

@@ -6,8 +6,8 @@
 //! plain integers, so that it is tested with `cargo test` on any machine:
 //!
 //! * [`stall`]: the vCPU stall detector's register decode and the per-vCPU
-//!   countdown over a time source the QOM shell supplies (the vCPU thread's
-//!   CPU time, or QEMU's virtual clock).
+//!   countdown over a time source the QOM shell supplies (the vCPU thread's CPU
+//!   time, or QEMU's virtual clock).
 //! * [`pvpanic`]: the pvpanic register's bit semantics, shared by the ISA and
 //!   MMIO front ends.
 //!

@@ -62,9 +62,9 @@ pub fn decode_write(value: u64) -> Write {
 pub fn events_warning(events: u8) -> Option<String> {
     (events & !ALL != 0).then(|| {
         format!(
-            "property 'events' has bits {:#x} no pvpanic event is defined for \
-             (known: panicked={PANICKED:#x}, crash-loaded={CRASH_LOADED:#x}, \
-             shutdown={SHUTDOWN:#x}); the guest is told about them as given",
+            "property 'events' has bits {:#x} no pvpanic event is defined for (known: \
+             panicked={PANICKED:#x}, crash-loaded={CRASH_LOADED:#x}, shutdown={SHUTDOWN:#x}); the \
+             guest is told about them as given",
             events & !ALL
         )
     })

@@ -46,14 +46,16 @@ pub const PPIS: std::ops::Range<i32> = 0..16;
 pub fn validate_config(clock_hz: u32, timeout_sec: u32, ppi: i32) -> Result<(), String> {
     if !DT_CLOCK_HZ.contains(&clock_hz) {
         return Err(format!(
-            "property 'clock-frequency' must be {}..{} Hz (got {clock_hz}), the range Linux's driver accepts",
+            "property 'clock-frequency' must be {}..{} Hz (got {clock_hz}), the range Linux's \
+             driver accepts",
             DT_CLOCK_HZ.start(),
             DT_CLOCK_HZ.end()
         ));
     }
     if !DT_TIMEOUT_SEC.contains(&timeout_sec) {
         return Err(format!(
-            "property 'timeout-sec' must be {}..{} (got {timeout_sec}), the range Linux's driver accepts",
+            "property 'timeout-sec' must be {}..{} (got {timeout_sec}), the range Linux's driver \
+             accepts",
             DT_TIMEOUT_SEC.start(),
             DT_TIMEOUT_SEC.end()
         ));
@@ -309,7 +311,8 @@ impl Bank {
             .max(self.budget_ns / REARM_DIVISOR)
     }
 
-    /// Starts a countdown of `LOAD_CNT` ticks, if the bank is enabled and has a clock.
+    /// Starts a countdown of `LOAD_CNT` ticks, if the bank is enabled and has a
+    /// clock.
     fn start(&mut self, owner: u32, now: u64) -> (Timer, Option<GuestError>) {
         if !self.enabled() {
             self.stage = Stage::Idle as u8;
@@ -327,7 +330,8 @@ impl Bank {
         (Timer::Arm(self.timer_delay(self.budget_ns)), None)
     }
 
-    /// A guest write of `value` to `reg` by vCPU 0, at time-source reading `now`.
+    /// A guest write of `value` to `reg` by vCPU 0, at time-source reading
+    /// `now`.
     pub fn write(&mut self, reg: Register, value: u32, now: u64) -> WriteOutcome {
         self.write_with(reg, value, 0, || now)
     }
@@ -356,8 +360,9 @@ impl Bank {
                 WriteOutcome {
                     timer,
                     lower_irq: true,
-                    error: error
-                        .or_else(|| (reserved != 0).then_some(GuestError::ReservedStatusBits(reserved))),
+                    error: error.or_else(|| {
+                        (reserved != 0).then_some(GuestError::ReservedStatusBits(reserved))
+                    }),
                 }
             }
             Register::LoadCnt => {
@@ -590,8 +595,8 @@ impl Episode {
         if !act {
             return Report::Warning;
         }
-        let too_soon =
-            self.last_action != 0 && now.saturating_sub(self.last_action - 1) < MIN_ACTION_INTERVAL_NS;
+        let too_soon = self.last_action != 0
+            && now.saturating_sub(self.last_action - 1) < MIN_ACTION_INTERVAL_NS;
         if self.acted || too_soon {
             return Report::Ongoing;
         }
@@ -791,7 +796,8 @@ mod tests {
             b.write(Register::LoadCnt, 7, 0).error,
             Some(GuestError::NoClock)
         );
-        // LOAD_CNT 0: expires at the first timer, which is never sooner than MIN_TIMER_NS.
+        // LOAD_CNT 0: expires at the first timer, which is never sooner than
+        // MIN_TIMER_NS.
         let mut b = armed(10, 0, 0);
         assert_eq!(
             b.write(Register::LoadCnt, 0, 0).timer,
@@ -903,7 +909,11 @@ mod tests {
         assert_eq!(owners.bank_of(1), Some(0));
         assert_eq!(owners.bank_of(0), None, "vCPU 0 no longer counts");
         owners.release(1, 1);
-        assert_eq!(owners.bank_of(1), Some(0), "bank 1 was not vCPU 1's any more");
+        assert_eq!(
+            owners.bank_of(1),
+            Some(0),
+            "bank 1 was not vCPU 1's any more"
+        );
         owners.release(0, 1);
         assert_eq!(owners.bank_of(1), None);
         // Out-of-range vCPUs are ignored, not a panic.
@@ -929,13 +939,21 @@ mod tests {
         let mut e = Episode::default();
         assert_eq!(e.report(false, 0), Report::Warning);
         assert_eq!(e.report(true, 0), Report::Action, "at time 0 too");
-        assert_eq!(e.report(false, S), Report::Warning, "warnings stay warnings");
+        assert_eq!(
+            e.report(false, S),
+            Report::Warning,
+            "warnings stay warnings"
+        );
         assert_eq!(e.report(true, 2 * S), Report::Ongoing);
         assert_eq!(e.report(true, 3 * S), Report::Ongoing);
         assert!(!e.settle(true), "a bank is still stalled");
         assert!(e.settle(false));
         assert!(!e.settle(false), "ends once");
-        assert_eq!(e.report(true, 4 * S), Report::Action, "a new hang acts again");
+        assert_eq!(
+            e.report(true, 4 * S),
+            Report::Action,
+            "a new hang acts again"
+        );
     }
 
     #[test]
@@ -960,5 +978,4 @@ mod tests {
         assert!(Stage::Warned.stalled());
         assert!(Stage::Fired.stalled());
     }
-
 }

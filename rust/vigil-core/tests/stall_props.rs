@@ -55,9 +55,16 @@ fn clock_zero_mid_count_keeps_the_running_budget() {
     b.write(Register::Status, 1, 0);
     b.write(Register::ClockFreqHz, 0, S);
     assert_eq!(b.stage(), Stage::Counting);
-    assert_eq!(b.read(Register::CurrentCnt, S), 0, "no rate: no ticks to show");
+    assert_eq!(
+        b.read(Register::CurrentCnt, S),
+        0,
+        "no rate: no ticks to show"
+    );
     assert_eq!(b.remaining_ns(S), S);
-    assert!(matches!(b.deadline(2 * S, Policy::default()), Deadline::Expired { .. }));
+    assert!(matches!(
+        b.deadline(2 * S, Policy::default()),
+        Deadline::Expired { .. }
+    ));
     // The next load needs a clock again.
     assert_eq!(b.write(Register::LoadCnt, 20, 3 * S).timer, Timer::Cancel);
     assert_eq!(b.stage(), Stage::Idle);

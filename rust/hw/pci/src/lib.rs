@@ -12,8 +12,8 @@
 //!   `realize` and `exit`, filled into `PCIDeviceClass` by
 //!   [`PCIDeviceClass::class_init`];
 //! * [`PCIDeviceMethods`]: a BAR from a `MemoryRegion`
-//!   ([`register_bar`](PCIDeviceMethods::register_bar)), where the guest
-//!   mapped it, and the `INTx` pin;
+//!   ([`register_bar`](PCIDeviceMethods::register_bar)), where the guest mapped
+//!   it, and the `INTx` pin;
 //! * [`register_pci_device!`](crate::register_pci_device): QOM registration
 //!   with the PCI interfaces QEMU requires of every PCI device type.
 //!

@@ -5,8 +5,8 @@
 //!
 //! Same QOM type name, properties (`ioport`, default 0x505; `events`, default
 //! all three), `fw_cfg` file `etc/pvpanic-port`, ACPI device (`PEVT`, `_HID
-//! "QEMU0001"`, the C device's own AML builder, `hw/misc/pvpanic-isa-aml.c`) and
-//! guest-visible semantics (`vigil_core::pvpanic`). Like the C device it
+//! "QEMU0001"`, the C device's own AML builder, `hw/misc/pvpanic-isa-aml.c`)
+//! and guest-visible semantics (`vigil_core::pvpanic`). Like the C device it
 //! has no migration state: `events` and `ioport` are configuration.
 
 mod bindings;
@@ -20,7 +20,9 @@ use hwcore::{
 };
 use pvpanic::{PvPanicDevice, PvPanicRegister};
 use qom::{
-    bindings::InterfaceInfo, bindings::TypeInfo, prelude::*, ObjectImpl, ParentField, ParentInit,
+    bindings::{InterfaceInfo, TypeInfo},
+    prelude::*,
+    ObjectImpl, ParentField, ParentInit,
 };
 use system::MemoryRegion;
 use vigil_core::pvpanic::ALL;

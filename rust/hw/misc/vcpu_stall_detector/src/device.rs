@@ -5,16 +5,16 @@
 //! * MMIO: one 0x10-byte bank per vCPU; decode and semantics are
 //!   `vigil_core::stall`'s.
 //! * Time source per bank (`clock` property): `vcpu-runtime` (default) reads
-//!   the CPU-time clock of the thread of the bank's owner, the vCPU that
-//!   last enabled or reloaded it (`vigil_core::stall::Owners`); every vCPU's
-//!   clock is known from its thread id at realize. `virtual` reads
+//!   the CPU-time clock of the thread of the bank's owner, the vCPU that last
+//!   enabled or reloaded it (`vigil_core::stall::Owners`); every vCPU's clock
+//!   is known from its thread id at realize. `virtual` reads
 //!   `QEMU_CLOCK_VIRTUAL`.
 //! * One hang, one action: `vigil_core::stall::Episode`.
 //! * One host timer per bank on `QEMU_CLOCK_VIRTUAL`, armed only when a
-//!   countdown starts and moved (never fired) by every reload: a healthy
-//!   guest causes no timer expiries. A vCPU cannot run longer than the
-//!   virtual clock advances, so the timer is never early; when it fires, the
-//!   time source tells how much budget is really left.
+//!   countdown starts and moved (never fired) by every reload: a healthy guest
+//!   causes no timer expiries. A vCPU cannot run longer than the virtual clock
+//!   advances, so the timer is never early; when it fires, the time source
+//!   tells how much budget is really left.
 //! * Unnamed GPIO output `i` is CPU `i`'s interrupt (a PPI on `virt`).
 
 use std::{
@@ -171,7 +171,8 @@ pub struct VcpuStallDetector {
     /// PPI number (0..15) of the per-CPU interrupt on Arm boards, -1 for none.
     #[property(rename = "ppi", default = 15)]
     ppi: i32,
-    /// Take the watchdog action at the first expiry instead of after a grace budget.
+    /// Take the watchdog action at the first expiry instead of after a grace
+    /// budget.
     #[property(rename = "immediate-action", default = false)]
     immediate_action: bool,
 
@@ -318,7 +319,8 @@ impl VcpuStallDetector {
         let clock = self.clock_name.get();
         let Some(mut source) = Source::parse(clock.as_deref()) else {
             return Err(util::Error::format(format_args!(
-                "vcpu-stall-detector: property 'clock' must be 'vcpu-runtime' or 'virtual' (got '{}')",
+                "vcpu-stall-detector: property 'clock' must be 'vcpu-runtime' or 'virtual' (got \
+                 '{}')",
                 clock.unwrap_or_default()
             )));
         };
@@ -327,20 +329,20 @@ impl VcpuStallDetector {
             // over it would make the replayed guest diverge.
             ensure!(
                 clock.is_none(),
-                "vcpu-stall-detector: property 'clock' cannot be 'vcpu-runtime' under record/replay \
-                 (host CPU time is not replayed); use clock=virtual"
+                "vcpu-stall-detector: property 'clock' cannot be 'vcpu-runtime' under \
+                 record/replay (host CPU time is not replayed); use clock=virtual"
             );
             ffi::warn(
-                "vcpu-stall-detector: record/replay is active: property 'clock' defaults to 'virtual' \
-                 (the virtual clock is replayed, host CPU time is not)",
+                "vcpu-stall-detector: record/replay is active: property 'clock' defaults to \
+                 'virtual' (the virtual clock is replayed, host CPU time is not)",
             );
             source = Source::Virtual;
         }
         ensure!(
             !ffi::nmi_action_does_nothing(),
-            "vcpu-stall-detector: -action watchdog=inject-nmi does nothing on this machine (it has no NMI \
-             interface); the device's own interrupt (property 'ppi') reaches the stalled vCPU: use another \
-             watchdog action"
+            "vcpu-stall-detector: -action watchdog=inject-nmi does nothing on this machine (it \
+             has no NMI interface); the device's own interrupt (property 'ppi') reaches the \
+             stalled vCPU: use another watchdog action"
         );
         let cpus = ffi::cpu_count();
         ensure!(cpus >= 1, "vcpu-stall-detector: the machine has no vCPUs");
@@ -357,12 +359,14 @@ impl VcpuStallDetector {
         if source == Source::VcpuRuntime {
             ensure!(
                 ffi::check_thread_clocks(),
-                "vcpu-stall-detector: property 'clock': this host cannot read threads' CPU time; use clock=virtual"
+                "vcpu-stall-detector: property 'clock': this host cannot read threads' CPU time; \
+                 use clock=virtual"
             );
             for i in 0..cpus {
                 let Some(tid) = ffi::vcpu_thread_id(i) else {
                     return Err(util::Error::format(format_args!(
-                        "vcpu-stall-detector: property 'clock': vCPU {i} has no thread; use clock=virtual"
+                        "vcpu-stall-detector: property 'clock': vCPU {i} has no thread; use \
+                         clock=virtual"
                     )));
                 };
                 let id = ffi::thread_cpu_clock(tid);
@@ -544,15 +548,22 @@ impl VcpuStallDetector {
                 let report = episode.report(act, CLOCK_VIRTUAL.get_ns());
                 self.set_episode(episode);
                 trace::trace_vcpu_stall_expired(i, owner, budget_ns, report as u32);
-                ffi::send_stall_event(self.as_object_ptr(), owner, i, budget_ns / 1_000_000, report);
+                ffi::send_stall_event(
+                    self.as_object_ptr(),
+                    owner,
+                    i,
+                    budget_ns / 1_000_000,
+                    report,
+                );
                 self.ppis[owner as usize].raise();
                 if report == Report::Action {
                     trace::trace_vcpu_stall_action(i, owner);
                     if ffi::nmi_action_does_nothing() {
                         // Switched to at run time (watchdog-set-action).
                         ffi::warn(
-                            "vcpu-stall-detector: watchdog action inject-nmi: this machine has no NMI \
-                             interface, nothing was injected (the stalled vCPU's interrupt was raised)",
+                            "vcpu-stall-detector: watchdog action inject-nmi: this machine has no \
+                             NMI interface, nothing was injected (the stalled vCPU's interrupt \
+                             was raised)",
                         );
                     }
                     ffi::perform_watchdog_action();

@@ -12,7 +12,6 @@ use bql::BqlRefCell;
 use qom::bindings::{
     object_class_property_set_description, object_property_add, Object, ObjectClass, Visitor,
 };
-
 use vigil_core::stall::Report;
 
 use crate::device::{BankStat, BankState};
@@ -100,7 +99,9 @@ pub fn nmi_action_does_nothing() -> bool {
 pub fn warn(msg: &str) {
     let msg = CString::new(msg).unwrap_or_default();
     // SAFETY: a "%s" format with one NUL-terminated string argument.
-    unsafe { warn_report(c"%s".as_ptr(), msg.as_ptr()); }
+    unsafe {
+        warn_report(c"%s".as_ptr(), msg.as_ptr());
+    }
 }
 
 /// The CPU-time clock of host thread `tid` of this process.
@@ -161,7 +162,8 @@ pub fn send_stall_event(obj: *const Object, cpu: u32, bank: u32, budget_ms: u64,
     }
 }
 
-/// Takes the action configured with `-action watchdog=` / `watchdog-set-action`.
+/// Takes the action configured with `-action watchdog=` /
+/// `watchdog-set-action`.
 pub fn perform_watchdog_action() {
     // SAFETY: no arguments; called from the main loop with the BQL held.
     unsafe { watchdog_perform_action() }
