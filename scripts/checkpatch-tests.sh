@@ -23,6 +23,7 @@ check() { # NAME COMMAND...: passes when COMMAND succeeds
 
 cd "$VIGIL_ROOT" || exit 1
 for p in patches/*.patch; do
+    grep -q '^diff --git ' "$p" || continue    # the cover letter
     check "checkpatch: $(basename "$p")" no_errors "$p"
 done
 mapfile -t sources < <(git ls-files -- 'hw/*.c' 'include/*.h' 'tests/qtest/*.c' 'tests/qtest/*.h')

@@ -6,7 +6,7 @@
 #     patched tree: a small conf.py sets qemu_docdir and runs QEMU's, and a
 #     root document lists our pages;
 #   - in the patched tree, each page is listed by the toctree QEMU's manual
-#     reaches it from (patches/0007);
+#     reaches it from (patches/0008);
 #   - QEMU's whole HTML manual from the patched tree, as its docs/meson.build
 #     runs Sphinx with --enable-docs (-W -Dkerneldoc_werror=1), fresh (-E),
 #     in $VIGIL_CACHE/docs-build (~2 min on 2 cores). Skipped, and passed,

@@ -7,6 +7,7 @@
 #     crates get diagnostics from newer toolchains; those are not ours);
 #   - rustfmt with QEMU's rust/rustfmt.toml (its options need a nightly
 #     rustfmt; without one, stable rustfmt checks what it can);
+#   - every unsafe block and impl has a // SAFETY: comment (safety-check.py);
 #   - cargo reading QEMU's Cargo workspace, which lists our crates and whose
 #     [workspace.lints] they inherit ([lints] workspace = true).
 # Prints "PASS<TAB>name" or "FAIL<TAB>name" per check; details go to stderr.
@@ -19,7 +20,8 @@ check() { # NAME COMMAND...: passes when COMMAND succeeds
     if "$@" >&2; then printf 'PASS\t%s\n' "$name"; else printf 'FAIL\t%s\n' "$name"; fi
 }
 cd "$VIGIL_ROOT" || exit 1
-mapfile -t ours < <(git ls-files -- 'rust/*.rs')
+# (not the build.rs links to QEMU's rust/util/build.rs, which QEMU's crates share)
+mapfile -t ours < <(git ls-files -s -- 'rust/*.rs' | awk '$1 != "120000" { print $4 }')
 # Where our sources appear in diagnostics: their tree path, or meson's
 # copy of a crate's structured sources in the build directory.
 ours_re='(^|/)rust/(vigil-core|hw/misc|hw/pci)/'
@@ -31,7 +33,7 @@ clippy_ours() {
     # ">>> <clippy-driver command>" heads each crate that printed anything
     n=$(grep -E '^ *--> ' <<<"$out" | grep -cE "$ours_re")
     echo "clippy: $(grep -c '^ *--> ' <<<"$out") diagnostics in all, $n in our files ($(elapsed "$t0"))"
-    grep -E -B3 -A12 "^ *--> .*$ours_re" <<<"$out"
+    grep -v '^>>> ' <<<"$out" | grep -E -B3 -A12 "^ *--> .*$ours_re"
     grep -q 'meson --internal clippy' <<<"$out" || { echo "clippy did not run:"; tail -n 20 <<<"$out"; return 1; }
     [ "$n" = 0 ]
 }
@@ -52,5 +54,34 @@ rustfmt_ours() {
     return "$rc"
 }
 
+unsafe_ours() {
+    python3 "$VIGIL_ROOT/scripts/safety-check.py" "${ours[@]}"
+}
+
+# Our crates are members of QEMU's Cargo workspace (patches/0003) and take
+# its [workspace.lints]: cargo's view of the patched tree's rust/Cargo.toml.
+workspace_ours() {
+    local meta
+    meta=$(cd "$VIGIL_SRC/rust" && cargo metadata --no-deps --format-version 1 --offline) || return 1
+    python3 - "$VIGIL_SRC/rust" "$VIGIL_ROOT" "$meta" <<'PY'
+import json, pathlib, subprocess, sys, tomllib
+rust, root = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+members = {pathlib.Path(p['manifest_path']).resolve() for p in json.loads(sys.argv[3])['packages']}
+ours = subprocess.run(['git', '-C', root, 'ls-files', 'rust/*Cargo.toml'],
+                      capture_output=True, text=True, check=True).stdout.split()
+bad = 0
+for f in ours:
+    m = (rust.parent / f).resolve()
+    lints = tomllib.load(open(m, 'rb')).get('lints', {}).get('workspace') is True
+    member = m in members
+    print(f'{f}: {"a member" if member else "NOT a member"} of QEMU\'s workspace, '
+          f'{"inherits" if lints else "does NOT inherit"} its [workspace.lints]')
+    bad += not (member and lints)
+sys.exit(1 if bad or not ours else 0)
+PY
+}
+
 check "clippy (ninja clippy, QEMU's lints): nothing in our crates" clippy_ours
 check "rustfmt (QEMU's rustfmt.toml): our ${#ours[@]} Rust files" rustfmt_ours
+check "unsafe: every unsafe block and impl of ours has a // SAFETY: comment" unsafe_ours
+check "crates: members of QEMU's Cargo workspace, [lints] workspace = true" workspace_ours

@@ -65,7 +65,10 @@ mkdir -p "$st/applied"
 # only the applied patches from the first one that differs are reverted (in
 # reverse order) and the rest applied again, so that an unchanged early patch
 # (e.g. the meson hook) does not touch its files and trigger a rebuild.
-new=("$VIGIL_ROOT"/patches/*.patch)
+new=()
+for p in "$VIGIL_ROOT"/patches/*.patch; do
+    grep -q '^diff --git ' "$p" && new+=("$p")    # not the cover letter
+done
 old=()
 for p in "$st"/applied/*.patch; do [ -f "$p" ] && old+=("$p"); done
 # Compare what a patch changes, not its mail headers (subject numbering).
@@ -93,7 +96,11 @@ done
 
 # Overlay: our files at their QEMU paths; our root build files under vigil/.
 install_if_changed() { # SRC DEST
-    if ! cmp -s "$1" "$2"; then
+    if [ -L "$1" ]; then    # e.g. build.rs -> ../../../util/build.rs, as QEMU's crates
+        [ "$(readlink "$2" 2>/dev/null)" = "$(readlink "$1")" ] && return 0
+        mkdir -p "$(dirname "$2")"
+        ln -sfn "$(readlink "$1")" "$2"
+    elif ! cmp -s "$1" "$2"; then
         mkdir -p "$(dirname "$2")"
         cp "$1" "$2"
     fi

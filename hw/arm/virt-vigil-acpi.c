@@ -3,7 +3,7 @@
  * devices vigil adds: pvpanic-mmio and vcpu-stall-detector. QEMU builds
  * AML only from C. hw/arm/virt-acpi-build.c calls
  * virt_acpi_dsdt_add_vigil() once, next to the TPM's description
- * (patches/0006); without such devices it appends nothing, so the DSDT is
+ * (patches/0007); without such devices it appends nothing, so the DSDT is
  * byte-identical to QEMU's own.
  *
  * pvpanic-mmio (device PEVn):

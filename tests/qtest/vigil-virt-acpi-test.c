@@ -1,6 +1,6 @@
 /*
  * QTest: the AML that Arm virt's DSDT gets for vcpu-stall-detector and
- * pvpanic-mmio (hw/arm/virt-vigil-acpi.c, patches/0006), byte for byte.
+ * pvpanic-mmio (hw/arm/virt-vigil-acpi.c, patches/0007), byte for byte.
  *
  * The tables are read as QEMU hands them to the firmware (fw_cfg file
  * etc/acpi/tables; virt builds them with or without firmware). Checks:

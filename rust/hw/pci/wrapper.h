@@ -1,7 +1,7 @@
 /*
  * Input for bindgen: QEMU's PCI device model (hw/pci/pci_device.h), for
  * the Rust PCI layer in rust/hw/pci. Only the types and functions a PCI
- * device needs are generated (allow lists in vigil's meson.build); the
+ * device needs are generated (allow lists in meson.build); the
  * types they refer to come from QEMU's Rust crates (src/bindings.rs).
  *
  * SPDX-License-Identifier: GPL-2.0-or-later

@@ -1,6 +1,9 @@
 /*
- * Input for bindgen: the one QEMU type the pvpanic_isa crate needs that
- * QEMU's Rust crates do not bind: ISADevice, the device's parent.
+ * Input for bindgen: what the ISA pvpanic needs that QEMU's Rust crates do
+ * not bind: its parent ISADevice, isa_register_ioport(), fw_cfg, and the C
+ * device's own ACPI builder (hw/misc/pvpanic.h). Only the items named in
+ * meson.build are generated; the types they refer to are QEMU's crates' own
+ * (src/bindings.rs).
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -20,3 +23,5 @@ typedef enum memory_order {
 
 #include "qemu/osdep.h"
 #include "hw/isa/isa.h"
+#include "hw/nvram/fw_cfg.h"
+#include "hw/misc/pvpanic.h"

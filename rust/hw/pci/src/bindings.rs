@@ -30,7 +30,7 @@ pub use system::bindings::{AddressSpace, MSIMessage, MemoryRegion};
 pub use util::bindings::Error;
 
 #[cfg(MESON)]
-include!("pci-bindings.inc.rs");
+include!("bindings.inc.rs");
 
 #[cfg(not(MESON))]
-include!(concat!(env!("OUT_DIR"), "/pci-bindings.inc.rs"));
+include!(concat!(env!("OUT_DIR"), "/bindings.inc.rs"));

@@ -130,6 +130,8 @@ macro_rules! register_pci_device {
                 ..<$type as ::qom::ObjectImpl>::TYPE_INFO
             };
             ::util::module_init! {
+                // SAFETY: TYPE_INFO is a static TypeInfo, registered once
+                // at start-up.
                 MODULE_INIT_QOM => unsafe {
                     ::qom::type_register_static(&TYPE_INFO);
                 }

@@ -18,13 +18,38 @@ use vigil_core::pvpanic::{decode_write, events_warning, Event};
 
 ::trace::include_trace!("vigil");
 
+mod bindings;
+
+/// Safe wrappers of the C calls (all of this crate's `unsafe` is here).
 mod ffi {
-    extern "C" {
-        // GuestPanicInformation is only ever passed as NULL here.
-        pub fn qemu_system_guest_panicked(info: *mut std::ffi::c_void);
-        pub fn qemu_system_guest_crashloaded(info: *mut std::ffi::c_void);
-        pub fn qemu_system_guest_pvshutdown();
-        pub fn warn_report(fmt: *const std::ffi::c_char, ...);
+    use std::{ffi::CString, ptr};
+
+    use crate::bindings;
+
+    /// Prints `msg` as a QEMU warning (`warn_report`).
+    pub fn warn(msg: &str) {
+        let msg = CString::new(msg).unwrap_or_default();
+        // SAFETY: a "%s" format with one NUL-terminated string argument.
+        unsafe { bindings::warn_report(c"%s".as_ptr(), msg.as_ptr()) }
+    }
+
+    /// `GUEST_PANICKED` and the panic action, without panic information.
+    pub fn guest_panicked() {
+        // SAFETY: BQL held (MMIO/PIO handler), as the C device calls it; NULL
+        // is the "no information" argument.
+        unsafe { bindings::qemu_system_guest_panicked(ptr::null_mut()) }
+    }
+
+    /// `GUEST_CRASHLOADED`, without panic information.
+    pub fn guest_crashloaded() {
+        // SAFETY: as for guest_panicked.
+        unsafe { bindings::qemu_system_guest_crashloaded(ptr::null_mut()) }
+    }
+
+    /// `GUEST_PVSHUTDOWN` and a guest-requested shutdown.
+    pub fn guest_pvshutdown() {
+        // SAFETY: BQL held, no arguments.
+        unsafe { bindings::qemu_system_guest_pvshutdown() }
     }
 }
 
@@ -32,11 +57,7 @@ mod ffi {
 /// devices, any value is accepted; unknown bits get a warning on stderr.
 pub fn check_events(device: &str, events: u8) {
     if let Some(w) = events_warning(events) {
-        let msg = std::ffi::CString::new(format!("{device}: {w}")).unwrap_or_default();
-        // SAFETY: a "%s" format with one NUL-terminated string argument.
-        unsafe {
-            ffi::warn_report(c"%s".as_ptr(), msg.as_ptr());
-        }
+        ffi::warn(&format!("{device}: {w}"));
     }
 }
 
@@ -62,17 +83,11 @@ impl PvPanicRegister {
         if w.unknown != 0 && !self.logged_unknown.replace(true) {
             log_mask_ln!(Log::GuestError, "{device}: unknown event {value:#x}");
         }
-        // SAFETY: called from an MMIO/PIO handler with the BQL held, as the
-        // C device calls them; NULL is the "no information" panic argument.
-        unsafe {
-            match w.event {
-                Some(Event::Panicked) => ffi::qemu_system_guest_panicked(std::ptr::null_mut()),
-                Some(Event::CrashLoaded) => {
-                    ffi::qemu_system_guest_crashloaded(std::ptr::null_mut())
-                }
-                Some(Event::Shutdown) => ffi::qemu_system_guest_pvshutdown(),
-                None => {}
-            }
+        match w.event {
+            Some(Event::Panicked) => ffi::guest_panicked(),
+            Some(Event::CrashLoaded) => ffi::guest_crashloaded(),
+            Some(Event::Shutdown) => ffi::guest_pvshutdown(),
+            None => {}
         }
     }
 }

@@ -1,41 +1,20 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 
-//! The QEMU C functions the ISA pvpanic needs that QEMU's Rust crates do
-//! not wrap. All `unsafe` of the crate lives here.
-
-use std::ffi::{c_char, c_void};
+//! Safe wrappers of the C functions the ISA pvpanic calls (bindgen output
+//! in `bindings`).
 
 use hwcore::DeviceClass;
 use system::MemoryRegion;
 
 use crate::{bindings, ISADevice};
 
-/// `FWCfgState`, only handled by pointer.
-#[repr(C)]
-struct FWCfgState {
-    _private: [u8; 0],
-}
-
-extern "C" {
-    fn fw_cfg_find() -> *mut FWCfgState;
-    fn fw_cfg_add_file(s: *mut FWCfgState, filename: *const c_char, data: *mut c_void, len: usize);
-    #[link_name = "isa_register_ioport"]
-    fn c_isa_register_ioport(
-        dev: *mut bindings::ISADevice,
-        io: *mut system::bindings::MemoryRegion,
-        start: u16,
-    );
-    // hw/misc/pvpanic-isa-aml.c (patches/0004): the C device's own builder
-    fn pvpanic_isa_class_init_aml(klass: *mut c_void);
-}
-
 /// The machine's `fw_cfg` device.
-pub struct FwCfg(*mut FWCfgState);
+pub struct FwCfg(*mut bindings::FWCfgState);
 
 impl FwCfg {
     pub fn find() -> Option<FwCfg> {
         // SAFETY: no arguments; returns NULL on machines without fw_cfg.
-        let p = unsafe { fw_cfg_find() };
+        let p = unsafe { bindings::fw_cfg_find() };
         (!p.is_null()).then_some(FwCfg(p))
     }
 
@@ -46,7 +25,7 @@ impl FwCfg {
         // SAFETY: self.0 is the live fw_cfg device; the name is copied and
         // the data outlives it.
         unsafe {
-            fw_cfg_add_file(
+            bindings::fw_cfg_add_file(
                 self.0,
                 c"etc/pvpanic-port".as_ptr(),
                 data.as_mut_ptr().cast(),
@@ -59,7 +38,7 @@ impl FwCfg {
 /// Maps `io` at `port` in the ISA I/O space.
 pub fn isa_register_ioport(dev: &ISADevice, io: &MemoryRegion, port: u16) {
     // SAFETY: both are live, initialized objects owned by the device.
-    unsafe { c_isa_register_ioport(dev.as_mut_ptr(), io.as_mut_ptr(), port) }
+    unsafe { bindings::isa_register_ioport(dev.as_mut_ptr(), io.as_mut_ptr(), port) }
 }
 
 /// Installs the ACPI AML builder (`PEVT`, `QEMU0001`): the very function
@@ -67,5 +46,5 @@ pub fn isa_register_ioport(dev: &ISADevice, io: &MemoryRegion, port: u16) {
 pub fn install_acpi_aml(klass: &mut DeviceClass) {
     // SAFETY: klass is the class being initialized; its type lists the
     // acpi-dev-aml-interface, so the C side finds the interface's vtable.
-    unsafe { pvpanic_isa_class_init_aml(std::ptr::from_mut(klass).cast()) }
+    unsafe { bindings::pvpanic_isa_class_init_aml(std::ptr::from_mut(klass).cast()) }
 }

@@ -97,6 +97,7 @@ const TYPE_INFO: TypeInfo = TypeInfo {
     ..<PvPanicIsa as ObjectImpl>::TYPE_INFO
 };
 util::module_init! {
+    // SAFETY: TYPE_INFO is a static TypeInfo, registered once at start-up.
     MODULE_INIT_QOM => unsafe {
         qom::type_register_static(&TYPE_INFO);
     }

@@ -42,6 +42,8 @@ pub struct PvPanicMmio {
 
 qom_isa!(PvPanicMmio: SysBusDevice, DeviceState, Object);
 
+// SAFETY: repr(C) with the SysBusDevice parent first; the class is the
+// parent's (no class fields of its own).
 unsafe impl ObjectType for PvPanicMmio {
     type Class = <SysBusDevice as ObjectType>::Class;
     const TYPE_NAME: &'static CStr = TYPE_PVPANIC_MMIO;

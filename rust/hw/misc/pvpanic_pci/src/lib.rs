@@ -5,7 +5,7 @@
 //! peripheral, other" (0x0880), revision 1. Linux's `pvpanic-pci` driver.
 //!
 //! Replaces QEMU's C `hw/misc/pvpanic-pci.c` when QEMU is built with Rust
-//! (patches/0004): same type name, ids, BAR, `events` property and default
+//! (patches/0005): same type name, ids, BAR, `events` property and default
 //! (all three events), and migration stream (`pvpanic-pci`, version 1: the
 //! PCI device state, `VMSTATE_PCI_DEVICE`, and nothing else), so a C-built
 //! source migrates to a Rust-built destination and back.

@@ -46,7 +46,7 @@ use vigil_core::stall::{
     self, Bank, Deadline, Episode, Owners, Policy, Register, Report, Stage, BANK_SIZE,
 };
 
-use crate::ffi::{self, StrProp};
+use crate::ffi::{self, PropKind, StrProp};
 
 ::trace::include_trace!("vigil");
 
@@ -80,7 +80,7 @@ impl Source {
 
 /// Per-vCPU statistics shown as read-only QOM properties.
 #[derive(Clone, Copy, Debug)]
-pub enum BankStat {
+enum BankStat {
     /// `cpuN-enabled`: STATUS bit 0.
     Enabled,
     /// `cpuN-remaining-ticks`: what `CURRENT_CNT` reads now.
@@ -88,6 +88,22 @@ pub enum BankStat {
     /// `cpuN-stalls`: how many times the budget ran out.
     Stalls,
 }
+
+/// A bank statistic's reader: `read(device, bank)`.
+type StatReader = fn(&VcpuStallDetector, u32) -> u32;
+
+/// The read-only QOM properties `cpuN-<name>` of each bank.
+const BANK_STAT_PROPERTIES: [(&str, PropKind, StatReader); 3] = [
+    ("enabled", PropKind::Bool, |d, bank| {
+        d.bank_stat(bank, BankStat::Enabled)
+    }),
+    ("remaining-ticks", PropKind::U32, |d, bank| {
+        d.bank_stat(bank, BankStat::RemainingTicks)
+    }),
+    ("stalls", PropKind::U32, |d, bank| {
+        d.bank_stat(bank, BankStat::Stalls)
+    }),
+];
 
 /// One vCPU's bank with its host timer.
 #[repr(C)]
@@ -132,7 +148,7 @@ impl BankState {
         timer.init_full(None, CLOCK_VIRTUAL, Timer::NS, 0, bank_timer_cb, cell);
     }
 
-    pub fn stat(&self, stat: BankStat) -> u32 {
+    fn stat(&self, stat: BankStat) -> u32 {
         match stat {
             BankStat::Enabled => u32::from(self.bank.enabled()),
             BankStat::Stalls => self.bank.stalls,
@@ -194,6 +210,8 @@ pub struct VcpuStallDetector {
 
 qom_isa!(VcpuStallDetector: SysBusDevice, DeviceState, Object);
 
+// SAFETY: repr(C) with the SysBusDevice parent first; the class is the
+// parent's (no class fields of its own).
 unsafe impl ObjectType for VcpuStallDetector {
     type Class = <SysBusDevice as ObjectType>::Class;
     const TYPE_NAME: &'static CStr = crate::TYPE_VCPU_STALL_DETECTOR;
@@ -383,18 +401,17 @@ impl VcpuStallDetector {
         let size = (u64::from(cpus) * BANK_SIZE).next_multiple_of(REGION_ALIGN);
         ffi::set_region_size(&self.iomem, size);
         self.init_gpio_out(&self.ppis[..cpus as usize]);
-        let obj = self.as_object_ptr();
-        for (i, cell) in self.banks.iter().take(cpus as usize).enumerate() {
-            ffi::add_bank_stat_property(obj, &format!("cpu{i}-enabled"), BankStat::Enabled, cell);
-            ffi::add_bank_stat_property(
-                obj,
-                &format!("cpu{i}-remaining-ticks"),
-                BankStat::RemainingTicks,
-                cell,
-            );
-            ffi::add_bank_stat_property(obj, &format!("cpu{i}-stalls"), BankStat::Stalls, cell);
+        for i in 0..cpus {
+            for (stat, kind, read) in BANK_STAT_PROPERTIES {
+                ffi::add_readonly_property(self, &format!("cpu{i}-{stat}"), kind, read, i);
+            }
         }
         Ok(())
+    }
+
+    /// One statistic of bank `i`, for its read-only QOM property.
+    fn bank_stat(&self, i: u32, stat: BankStat) -> u32 {
+        self.banks[i as usize].borrow().stat(stat)
     }
 
     fn banks(&self) -> impl Iterator<Item = &BqlRefCell<BankState>> {
@@ -548,13 +565,7 @@ impl VcpuStallDetector {
                 let report = episode.report(act, CLOCK_VIRTUAL.get_ns());
                 self.set_episode(episode);
                 trace::trace_vcpu_stall_expired(i, owner, budget_ns, report as u32);
-                ffi::send_stall_event(
-                    self.as_object_ptr(),
-                    owner,
-                    i,
-                    budget_ns / 1_000_000,
-                    report,
-                );
+                ffi::send_stall_event(self, owner, i, budget_ns / 1_000_000, report);
                 self.ppis[owner as usize].raise();
                 if report == Report::Action {
                     trace::trace_vcpu_stall_action(i, owner);

@@ -1,62 +1,26 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 
-//! The few QEMU and libc functions this device needs that QEMU's Rust crates
-//! do not wrap. All `unsafe` of the device lives here.
+//! Safe wrappers of the C functions the device calls (bindgen output in
+//! [`bindings`](crate::bindings)) and of libc's thread CPU clocks. The
+//! device code calls these; it has no FFI of its own.
 
 use std::{
-    ffi::{c_char, c_int, c_void, CStr, CString},
-    ptr::{addr_of, NonNull},
+    ffi::{c_char, c_void, CStr, CString},
+    ptr::addr_of,
 };
 
-use bql::BqlRefCell;
-use qom::bindings::{
-    object_class_property_set_description, object_property_add, Object, ObjectClass, Visitor,
+use qom::{
+    bindings::{object_class_property_set_description, object_property_add, Object, ObjectClass},
+    ObjectType,
 };
 use vigil_core::stall::Report;
 
-use crate::device::{BankStat, BankState};
-
-/// `VcpuStallStage` from the QAPI schema (qapi/run-state.json).
-#[repr(C)]
-#[derive(Clone, Copy)]
-#[allow(dead_code)] // values are only created by conversion from `Report`
-pub enum VcpuStallStage {
-    Warning = 0,
-    Action = 1,
-    Ongoing = 2,
-}
-
-extern "C" {
-    fn watchdog_perform_action();
-    fn qapi_event_send_vcpu_stall(
-        qom_path: *const c_char,
-        cpu_index: i64,
-        bank: i64,
-        budget_ms: u64,
-        stage: VcpuStallStage,
-    );
-    fn object_get_canonical_path(obj: *const Object) -> *mut c_char;
-    fn g_free(ptr: *mut c_void);
-    fn warn_report(fmt: *const c_char, ...);
-    fn visit_type_uint32(
-        v: *mut Visitor,
-        name: *const c_char,
-        obj: *mut u32,
-        errp: *mut c_void,
-    ) -> bool;
-    fn visit_type_bool(
-        v: *mut Visitor,
-        name: *const c_char,
-        obj: *mut bool,
-        errp: *mut c_void,
-    ) -> bool;
-    // hw/misc/vcpu-stall-detector-host.c (include/hw/misc/vcpu_stall_detector.h)
-    fn vcpu_stall_detector_current_cpu() -> c_int;
-    fn vcpu_stall_detector_cpu_thread_id(cpu_index: c_int) -> c_int;
-    fn vcpu_stall_detector_replay_active() -> bool;
-    fn vcpu_stall_detector_action_is_nmi() -> bool;
-    fn vcpu_stall_detector_machine_has_nmi() -> bool;
-}
+use crate::bindings::{
+    qapi_event_send_vcpu_stall, vcpu_stall_detector_action_is_nmi,
+    vcpu_stall_detector_cpu_thread_id, vcpu_stall_detector_current_cpu,
+    vcpu_stall_detector_machine_has_nmi, vcpu_stall_detector_replay_active, visit_type_bool,
+    visit_type_uint32, warn_report, watchdog_perform_action, Error, VcpuStallStage, Visitor,
+};
 
 /// Number of vCPUs the machine has created (indices 0..n).
 pub fn cpu_count() -> u32 {
@@ -69,7 +33,7 @@ pub fn cpu_count() -> u32 {
 
 /// The host thread id of vCPU `index`, once its thread exists.
 pub fn vcpu_thread_id(index: u32) -> Option<libc::pid_t> {
-    let index = c_int::try_from(index).ok()?;
+    let index = i32::try_from(index).ok()?;
     // SAFETY: looks the CPU up by index under the BQL; no pointer escapes.
     let tid = unsafe { vcpu_stall_detector_cpu_thread_id(index) };
     (tid > 0).then_some(tid)
@@ -146,19 +110,25 @@ pub fn cpu_clock_ns(id: libc::clockid_t) -> Option<u64> {
     Some((ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64)
 }
 
-/// Sends the `VCPU_STALL` QMP event (throttled by QEMU's monitor).
-pub fn send_stall_event(obj: *const Object, cpu: u32, bank: u32, budget_ms: u64, report: Report) {
+/// Sends the `VCPU_STALL` QMP event for `dev` (throttled by QEMU's monitor).
+pub fn send_stall_event<T: ObjectType>(
+    dev: &T,
+    cpu: u32,
+    bank: u32,
+    budget_ms: u64,
+    report: Report,
+) {
     let stage = match report {
-        Report::Warning => VcpuStallStage::Warning,
-        Report::Action => VcpuStallStage::Action,
-        Report::Ongoing => VcpuStallStage::Ongoing,
+        Report::Warning => VcpuStallStage::VCPU_STALL_STAGE_WARNING,
+        Report::Action => VcpuStallStage::VCPU_STALL_STAGE_ACTION,
+        Report::Ongoing => VcpuStallStage::VCPU_STALL_STAGE_ONGOING,
     };
-    // SAFETY: obj is the live device; the returned string is owned by us and
-    // freed with g_free after the event is sent (which copies it).
+    // SAFETY: dev is a live object; the path is a new string owned by us,
+    // freed after the event is sent (which copies it).
     unsafe {
-        let path = object_get_canonical_path(obj);
+        let path = qom::bindings::object_get_canonical_path(dev.as_object_ptr());
         qapi_event_send_vcpu_stall(path, i64::from(cpu), i64::from(bank), budget_ms, stage);
-        g_free(path.cast());
+        glib_sys::g_free(path.cast());
     }
 }
 
@@ -219,68 +189,83 @@ pub fn describe_properties<K>(klass: &mut K, descriptions: &[(&CStr, &CStr)]) {
     }
 }
 
-struct StatProp {
-    cell: NonNull<BqlRefCell<BankState>>,
-    stat: BankStat,
+/// The QOM type of a read-only property.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PropKind {
+    Bool,
+    U32,
 }
 
-/// Adds a read-only QOM property `name` showing one statistic of a bank.
-pub fn add_bank_stat_property(
-    obj: *const Object,
+/// A read-only property's getter: `read(owner, arg)`.
+struct ReadOnlyProp<T> {
+    read: fn(&T, u32) -> u32,
+    arg: u32,
+    kind: PropKind,
+}
+
+/// Adds the read-only QOM property `name` to `owner`, whose value is
+/// `read(owner, arg)` (a bool property shows whether it is non-zero).
+pub fn add_readonly_property<T: ObjectType>(
+    owner: &T,
     name: &str,
-    stat: BankStat,
-    cell: &BqlRefCell<BankState>,
+    kind: PropKind,
+    read: fn(&T, u32) -> u32,
+    arg: u32,
 ) {
-    let opaque = Box::into_raw(Box::new(StatProp {
-        cell: NonNull::from(cell),
-        stat,
-    }));
-    let name = CString::new(name).unwrap();
-    let ty = if matches!(stat, BankStat::Enabled) {
-        c"bool"
-    } else {
-        c"uint32"
+    let opaque = Box::into_raw(Box::new(ReadOnlyProp { read, arg, kind }));
+    let name = CString::new(name).unwrap_or_default();
+    let ty = match kind {
+        PropKind::Bool => c"bool",
+        PropKind::U32 => c"uint32",
     };
-    // SAFETY: obj is the live device; QOM copies the name; release_stat
-    // frees opaque when the property goes away.
+    // SAFETY: owner is a live object; QOM copies the name and type; the
+    // getter is only called with owner, and release_readonly frees opaque
+    // when the property goes away.
     unsafe {
         object_property_add(
-            obj.cast_mut(),
+            owner.as_object_ptr().cast_mut(),
             name.as_ptr(),
             ty.as_ptr(),
-            Some(get_stat),
+            Some(get_readonly::<T>),
             None,
-            Some(release_stat),
+            Some(release_readonly::<T>),
             opaque.cast(),
         );
     }
 }
 
-unsafe extern "C" fn get_stat(
-    _obj: *mut Object,
+unsafe extern "C" fn get_readonly<T: ObjectType>(
+    obj: *mut Object,
     v: *mut Visitor,
     name: *const c_char,
     opaque: *mut c_void,
-    errp: *mut *mut qom::bindings::Error,
+    errp: *mut *mut Error,
 ) {
-    // SAFETY: opaque is the StatProp of add_bank_stat_property; the bank
-    // lives as long as the device that owns the property; BQL held.
-    let p = unsafe { &*opaque.cast::<StatProp>() };
-    let cell = unsafe { p.cell.as_ref() };
-    let value = cell.borrow().stat(p.stat);
-    // SAFETY: v, name and errp come from QOM's property getter call.
+    // SAFETY: opaque is the ReadOnlyProp<T> of add_readonly_property, and
+    // obj the object it was added to, a T (ObjectType: its Object is first);
+    // QOM calls getters with the BQL held.
+    let (p, owner) = unsafe { (&*opaque.cast::<ReadOnlyProp<T>>(), &*obj.cast::<T>()) };
+    let value = (p.read)(owner, p.arg);
+    // SAFETY: v, name and errp come from QOM's call of the getter.
     unsafe {
-        if matches!(p.stat, BankStat::Enabled) {
-            let mut b = value != 0;
-            visit_type_bool(v, name, &mut b, errp.cast());
-        } else {
-            let mut n = value;
-            visit_type_uint32(v, name, &mut n, errp.cast());
+        match p.kind {
+            PropKind::Bool => {
+                let mut b = value != 0;
+                visit_type_bool(v, name, &mut b, errp);
+            }
+            PropKind::U32 => {
+                let mut n = value;
+                visit_type_uint32(v, name, &mut n, errp);
+            }
         }
     }
 }
 
-unsafe extern "C" fn release_stat(_obj: *mut Object, _name: *const c_char, opaque: *mut c_void) {
-    // SAFETY: opaque came from Box::into_raw in add_bank_stat_property.
-    drop(unsafe { Box::from_raw(opaque.cast::<StatProp>()) });
+unsafe extern "C" fn release_readonly<T>(
+    _obj: *mut Object,
+    _name: *const c_char,
+    opaque: *mut c_void,
+) {
+    // SAFETY: opaque came from Box::into_raw in add_readonly_property.
+    drop(unsafe { Box::from_raw(opaque.cast::<ReadOnlyProp<T>>()) });
 }

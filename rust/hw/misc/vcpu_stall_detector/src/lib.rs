@@ -11,6 +11,7 @@
 //! See docs/system/devices/vcpu-stall-detector.rst and
 //! docs/specs/vcpu-stall-detector.rst.
 
+mod bindings;
 mod device;
 mod ffi;
 

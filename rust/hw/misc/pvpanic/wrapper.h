@@ -1,0 +1,24 @@
+/*
+ * Input for bindgen: the run-state calls QEMU's pvpanic devices make
+ * (system/runstate.h) and warn_report. Only the items named in meson.build
+ * are generated.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+/* As in rust/hw/char/pl011/wrapper.h: clang's stdatomic.h is not usable */
+#ifndef __CLANG_STDATOMIC_H
+#define __CLANG_STDATOMIC_H
+typedef enum memory_order {
+  memory_order_relaxed,
+  memory_order_consume,
+  memory_order_acquire,
+  memory_order_release,
+  memory_order_acq_rel,
+  memory_order_seq_cst,
+} memory_order;
+#endif /* __CLANG_STDATOMIC_H */
+
+#include "qemu/osdep.h"
+#include "qemu/error-report.h"
+#include "system/runstate.h"
