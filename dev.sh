@@ -4,6 +4,9 @@
 #   ./dev.sh [build]   install dependencies, fetch and patch QEMU 10.2.2, build
 #   ./dev.sh check     build, then run every test (last line: "N passed, M failed")
 #   ./dev.sh demo      build, then run the demo
+#   ./dev.sh series    the patch series as a maintainer takes it: git am onto
+#                      QEMU, then every patch built with and without Rust
+#                      (scripts/series-tests.sh, ~25 min; not part of check)
 #   ./dev.sh clean     remove the build directories and the patched QEMU tree
 #                      (downloads and ccache stay in $VIGIL_CACHE)
 #
@@ -25,9 +28,12 @@ case "${1:-build}" in
     build) build ;;
     check) build; scripts/run-tests.sh ;;
     demo)  build; scripts/demo.sh ;;
+    series)
+        scripts/deps.sh; scripts/fetch-qemu.sh
+        scripts/series-tests.sh | tee "$VIGIL_CACHE/series-tests.log" ;;
     clean)
-        log "removing $VIGIL_BUILD, $VIGIL_CACHE/build-norust, $VIGIL_CACHE/docs-build and $VIGIL_SRC"
-        rm -rf "$VIGIL_BUILD" "$VIGIL_CACHE/build-norust" "$VIGIL_CACHE/docs-build" "$VIGIL_SRC" "$VIGIL_CACHE/src-path" ;;
-    -h|--help|help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' ;;
-    *) die "unknown target '$1' (build, check, demo, clean)" ;;
+        log "removing $VIGIL_BUILD, $VIGIL_CACHE/build-norust, $VIGIL_CACHE/docs-build, $VIGIL_CACHE/series and $VIGIL_SRC"
+        rm -rf "$VIGIL_BUILD" "$VIGIL_CACHE/build-norust" "$VIGIL_CACHE/docs-build" "$VIGIL_CACHE/series" "$VIGIL_SRC" "$VIGIL_CACHE/src-path" ;;
+    -h|--help|help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' ;;
+    *) die "unknown target '$1' (build, check, demo, series, clean)" ;;
 esac

@@ -10,17 +10,7 @@ set -euo pipefail
 VIGIL_SRC=$(cat "$VIGIL_CACHE/src-path" 2>/dev/null || echo "$VIGIL_SRC")
 VIGIL_BUILD_NORUST=${VIGIL_BUILD_NORUST:-$VIGIL_CACHE/build-norust}
 # As scripts/build.sh, but --disable-rust and aarch64 only
-CONFIGURE_ARGS=(
-    --python="$VIGIL_VENV/bin/python3"
-    --disable-rust
-    --target-list=aarch64-softmmu
-    --without-default-features
-    --enable-fdt=system
-    --enable-kvm --enable-tcg
-    --disable-docs
-    --disable-install-blobs
-    --cc="ccache cc"
-)
+vigil_configure_args disable aarch64-softmmu
 mkdir -p "$VIGIL_BUILD_NORUST"
 stamp=$VIGIL_BUILD_NORUST/.vigil-configure
 want="$VIGIL_SRC ${CONFIGURE_ARGS[*]}"

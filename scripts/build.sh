@@ -5,17 +5,7 @@ set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
 VIGIL_SRC=$(cat "$VIGIL_CACHE/src-path" 2>/dev/null || echo "$VIGIL_SRC")
-CONFIGURE_ARGS=(
-    --python="$VIGIL_VENV/bin/python3"
-    --enable-rust
-    --target-list="$VIGIL_TARGETS"
-    --without-default-features
-    --enable-fdt=system
-    --enable-kvm --enable-tcg
-    --disable-docs
-    --disable-install-blobs
-    --cc="ccache cc"
-)
+vigil_configure_args enable "$VIGIL_TARGETS"
 mkdir -p "$VIGIL_BUILD"
 stamp=$VIGIL_BUILD/.vigil-configure
 want="$VIGIL_SRC ${CONFIGURE_ARGS[*]}"

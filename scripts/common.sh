@@ -15,6 +15,22 @@ VIGIL_BUILD=${VIGIL_BUILD:-$VIGIL_CACHE/build}
 VIGIL_VENV=$VIGIL_CACHE/venv
 VIGIL_TARGETS=aarch64-softmmu,x86_64-softmmu
 
+# configure arguments of vigil's QEMU builds (scripts/build.sh, build-norust.sh,
+# series-tests.sh): vigil_configure_args enable|disable TARGETS sets CONFIGURE_ARGS.
+vigil_configure_args() {
+    CONFIGURE_ARGS=(
+        --python="$VIGIL_VENV/bin/python3"
+        "--$1-rust"
+        --target-list="$2"
+        --without-default-features
+        --enable-fdt=system
+        --enable-kvm --enable-tcg
+        --disable-docs
+        --disable-install-blobs
+        --cc="ccache cc"
+    )
+}
+
 log() { printf '\033[1m[vigil]\033[0m %s\n' "$*" >&2; }
 die() { printf '[vigil] error: %s\n' "$*" >&2; exit 1; }
 now() { date +%s.%N; }

@@ -94,34 +94,6 @@ done
 # Rust crate subprojects (Debian strips subprojects/packagefiles and packagecache).
 "$VIGIL_ROOT/scripts/fetch-crates.sh" "$VIGIL_SRC"
 
-# Overlay: our files at their QEMU paths; our root build files under vigil/.
-install_if_changed() { # SRC DEST
-    if [ -L "$1" ]; then    # e.g. build.rs -> ../../../util/build.rs, as QEMU's crates
-        [ "$(readlink "$2" 2>/dev/null)" = "$(readlink "$1")" ] && return 0
-        mkdir -p "$(dirname "$2")"
-        ln -sfn "$(readlink "$1")" "$2"
-    elif ! cmp -s "$1" "$2"; then
-        mkdir -p "$(dirname "$2")"
-        cp "$1" "$2"
-    fi
-}
-manifest=$st/overlay-manifest
-new_manifest=$(mktemp)
-cd "$VIGIL_ROOT"
-while IFS= read -r f; do
-    install_if_changed "$f" "$VIGIL_SRC/$f"
-    echo "$f" >> "$new_manifest"
-done < <(git ls-files --cached --others --exclude-standard -- rust include hw tests/qtest docs 2>/dev/null ||
-         find rust include hw tests/qtest docs -type f)
-for f in meson.build Kconfig trace-events; do
-    install_if_changed "$f" "$VIGIL_SRC/vigil/$f"
-    echo "vigil/$f" >> "$new_manifest"
-done
-# Files we no longer have leave the tree too.
-if [ -f "$manifest" ]; then
-    sort "$manifest" | comm -23 - <(sort "$new_manifest") | while IFS= read -r f; do
-        rm -f "$VIGIL_SRC/$f"
-    done
-fi
-mv "$new_manifest" "$manifest"
+# Overlay: our files at their QEMU paths (scripts/overlay.sh).
+"$VIGIL_ROOT/scripts/overlay.sh" "$VIGIL_SRC" "$st/overlay-manifest"
 log "QEMU tree ready: $VIGIL_SRC"
