@@ -3,10 +3,32 @@
 //! Safe wrappers of the C functions the ISA pvpanic calls (bindgen output
 //! in `bindings`).
 
-use hwcore::DeviceClass;
+use std::ffi::CStr;
+
+use common::Opaque;
+use hwcore::{DeviceClass, DeviceState};
+use qom::{prelude::*, ObjectType};
 use system::MemoryRegion;
 
-use crate::{bindings, ISADevice};
+use crate::bindings;
+
+/// `ISADevice` from `hw/isa/isa.h`, the parent of ISA devices.
+#[repr(transparent)]
+#[derive(Debug, common::Wrapper)]
+pub struct ISADevice(Opaque<bindings::ISADevice>);
+
+// SAFETY: like DeviceState, only used under the BQL.
+unsafe impl Send for ISADevice {}
+// SAFETY: as above.
+unsafe impl Sync for ISADevice {}
+
+// SAFETY: the C type "isa-device" has the layout of bindings::ISADevice and
+// DeviceClass as its class (OBJECT_DECLARE_SIMPLE_TYPE).
+unsafe impl ObjectType for ISADevice {
+    type Class = DeviceClass;
+    const TYPE_NAME: &'static CStr = c"isa-device";
+}
+qom_isa!(ISADevice: DeviceState, Object);
 
 /// The machine's `fw_cfg` device.
 pub struct FwCfg(*mut bindings::FWCfgState);

@@ -14,7 +14,8 @@ mod ffi;
 
 use std::ffi::CStr;
 
-use common::{uninit_field_mut, Opaque};
+use common::uninit_field_mut;
+pub use ffi::ISADevice;
 use hwcore::{
     bindings::DeviceCategory, DeviceClass, DeviceImpl, DeviceState, ResettablePhasesImpl,
 };
@@ -28,24 +29,6 @@ use system::MemoryRegion;
 use vigil_core::pvpanic::ALL;
 
 pub const TYPE_PVPANIC_ISA: &CStr = c"pvpanic";
-
-/// `ISADevice` from `hw/isa/isa.h`, the parent of ISA devices.
-#[repr(transparent)]
-#[derive(Debug, common::Wrapper)]
-pub struct ISADevice(Opaque<bindings::ISADevice>);
-
-// SAFETY: like DeviceState, only used under the BQL.
-unsafe impl Send for ISADevice {}
-// SAFETY: as above.
-unsafe impl Sync for ISADevice {}
-
-// SAFETY: the C type "isa-device" has the layout of bindings::ISADevice and
-// DeviceClass as its class (OBJECT_DECLARE_SIMPLE_TYPE).
-unsafe impl ObjectType for ISADevice {
-    type Class = DeviceClass;
-    const TYPE_NAME: &'static CStr = c"isa-device";
-}
-qom_isa!(ISADevice: DeviceState, Object);
 
 #[repr(C)]
 #[derive(hwcore::Device)]
