@@ -31,135 +31,27 @@ STALL_TIMEOUT=${STALL_TIMEOUT:-2}
 TESTS=${GUEST_TESTS:-x86 arm64 stall}
 
 . "$here/lib.sh"
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f s", b - a }'; }
 
 # ---- QMP + serial driver -----------------------------------------------------------
-# check.py SCENARIO QMP_SOCKET SERIAL_FILE [ARGS]: connects to QEMU's QMP socket
-# (standard library only), follows the serial log, and runs the scenario's checks,
-# printing PASS/FAIL lines on stdout and a timeline on stderr.
+# check.py SCENARIO QMP_SOCKET SERIAL_FILE [ARGS]: follows QEMU's QMP socket and
+# serial log (vigilvm.Monitor, on the shared QMP client tests/vigilqmp.py), and
+# runs the scenario's checks, printing PASS/FAIL lines on stdout and a timeline
+# on stderr.
 cat >"$tmp/check.py" <<'EOF'
-import json, re, select, socket, sys, time
+import json, os, re, sys, time
+
+sys.path.insert(0, os.environ["VIGIL_GUEST_DIR"])
+import vigilvm
+from vigilvm import log, result
 
 scenario, sock_path, serial_path = sys.argv[1:4]
 args = sys.argv[4:]
-T0 = time.time()
-failures = 0
+T0 = vigilvm.T0
 
-def log(*a):
-    print("[%s %6.2f]" % (scenario, time.time() - T0), *a, file=sys.stderr, flush=True)
-
-def result(name, ok, detail=""):
-    global failures
-    if detail:
-        log(("ok: " if ok else "NOT OK: ") + name + ": " + detail)
-    print("%s\t%s" % ("PASS" if ok else "FAIL", name), flush=True)
-    if not ok:
-        failures += 1
-
-class VM:
-    def __init__(self):
-        deadline = time.time() + 30
-        while True:
-            self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                self.s.connect(sock_path)
-                break
-            except OSError:
-                self.s.close()
-                if time.time() > deadline:
-                    raise SystemExit("cannot connect to " + sock_path)
-                time.sleep(0.05)
-        self.buf = b""
-        self.events = []          # (time, name, data)
-        self.serial = []          # (time, line)
-        self.replies = {}
-        self.closed = False
-        self.serial_pos, self.serial_part = 0, b""
-        self.next_id = 0
-        self.read_msgs(lambda: "QMP" in self.greeting if hasattr(self, "greeting") else False, 10)
-        self.cmd("qmp_capabilities")
-
-    def handle(self, msg):
-        if "QMP" in msg:
-            self.greeting = msg
-        elif "event" in msg:
-            t = msg["timestamp"]["seconds"] + msg["timestamp"]["microseconds"] / 1e6
-            self.events.append((t, msg["event"], msg.get("data", {})))
-            log("event", msg["event"], json.dumps(msg.get("data", {})))
-        elif "id" in msg:
-            self.replies[msg["id"]] = msg
-
-    def poll_serial(self):
-        try:
-            with open(serial_path, "rb") as f:
-                f.seek(self.serial_pos)
-                data = f.read()
-        except OSError:
-            return
-        self.serial_pos += len(data)
-        self.serial_part += data
-        *lines, self.serial_part = self.serial_part.split(b"\n")
-        for line in lines:
-            text = line.decode(errors="replace").rstrip("\r")
-            self.serial.append((time.time(), text))
-            if text.startswith("vigil-guest:") or "pvpanic" in text or "stall" in text.lower():
-                log("serial |", text)
-
-    def read_msgs(self, until, timeout):
-        """Pumps QMP and serial until until() is true or timeout; returns until()."""
-        end = time.time() + timeout
-        while not until():
-            left = end - time.time()
-            if left <= 0 or self.closed:
-                self.poll_serial()
-                return until()
-            r, _, _ = select.select([self.s], [], [], min(left, 0.02))
-            self.poll_serial()
-            if r:
-                data = self.s.recv(65536)
-                if not data:
-                    self.closed = True
-                    continue
-                self.buf += data
-                *lines, self.buf = self.buf.split(b"\n")
-                for line in lines:
-                    if line.strip():
-                        self.handle(json.loads(line))
-        return True
-
-    def cmd(self, name, **arguments):
-        self.next_id += 1
-        i = self.next_id
-        msg = {"execute": name, "id": i}
-        if arguments:
-            msg["arguments"] = arguments
-        self.s.sendall(json.dumps(msg).encode() + b"\n")
-        if not self.read_msgs(lambda: i in self.replies, 10):
-            raise RuntimeError("no reply to " + name)
-        reply = self.replies.pop(i)
-        if "error" in reply:
-            raise RuntimeError("%s: %s" % (name, reply["error"]))
-        return reply["return"]
-
-    def wait_serial(self, regex, timeout):
-        r = re.compile(regex)
-        hit = lambda: next(((t, l) for t, l in self.serial if r.search(l)), None)
-        self.read_msgs(lambda: hit() is not None, timeout)
-        return hit()
-
-    def wait_event(self, pred, timeout):
-        hit = lambda: next((e for e in self.events if pred(e)), None)
-        self.read_msgs(lambda: hit() is not None, timeout)
-        return hit()
-
-    def status(self):
-        return self.cmd("query-status")["status"]
-
-    def dump_serial(self):
-        log("---- serial (last 60 lines) ----")
-        for _, l in self.serial[-60:]:
-            print("    " + l, file=sys.stderr)
+def VM():
+    # event times: QEMU's QMP timestamps (the latencies below are measured with them)
+    return vigilvm.Monitor(scenario, sock_path, serial_path, qemu_time=True,
+                           serial_log=r"^vigil-guest:|pvpanic|stall")
 
 def boot(vm, arch, timeout):
     ready = vm.wait_serial(r"^vigil-guest: ready", timeout)
@@ -204,8 +96,8 @@ def panic_scenario(arch, boot_timeout):
     others = [e[1] for e in vm.events if e[1] in ("GUEST_CRASHLOADED", "GUEST_PVSHUTDOWN")]
     result("%s: no GUEST_CRASHLOADED/GUEST_PVSHUTDOWN event" % arch, not others, ",".join(others) or "none")
     vm.read_msgs(lambda: False, 0.3)
-    if failures:
-        vm.dump_serial()
+    if vigilvm.failures:
+        vm.dump_serial(60)
 
 def pets(trace_path):
     """Pets (vcpu_stall_load trace events) per CPU so far."""
@@ -280,8 +172,8 @@ def stall_scenario(timeout_sec, trace_path):
     result("stall: no VCPU_STALL ever names a CPU other than 1", not bad,
            "; ".join(json.dumps(e[2]) for e in bad) or "none; QOM stalls per CPU: %s" %
            [vm.cmd("qom-get", path=path, property="cpu%d-stalls" % c) for c in (0, 1)])
-    if failures:
-        vm.dump_serial()
+    if vigilvm.failures:
+        vm.dump_serial(60)
 
 try:
     if scenario in ("x86", "arm64"):
@@ -290,7 +182,7 @@ try:
         stall_scenario(int(args[0]), args[1])
 except Exception as e:  # a broken QMP connection etc.
     result("%s: QMP session" % scenario, False, repr(e))
-sys.exit(1 if failures else 0)
+sys.exit(1 if vigilvm.failures else 0)
 EOF
 
 # run NAME QEMU ARGS... -- CHECK_ARGS...: starts QEMU (TCG, serial to a file, QMP
@@ -309,7 +201,7 @@ run() {
     qpid=$!
     qemu_pids+=("$qpid")
     log "[$name] QEMU pid $qpid: ${qargs[*]}"
-    python3 "$tmp/check.py" "$name" "$tmp/$name.qmp" "$tmp/$name.serial" "$@" >"$tmp/$name.results"
+    VIGIL_GUEST_DIR=$here python3 "$tmp/check.py" "$name" "$tmp/$name.qmp" "$tmp/$name.serial" "$@" >"$tmp/$name.results"
     st=$?
     cat "$tmp/$name.results"
     failures=$((failures + $(grep -c '^FAIL' "$tmp/$name.results")))

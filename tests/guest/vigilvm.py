@@ -1,10 +1,15 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""Shared by the arm64 Linux guest tests (uefi-guest-test.sh, kdump-test.sh):
-starts QEMU (TCG, serial to a file, QMP socket), follows its QMP events and
+"""Shared by the Linux guest tests (uefi-guest-test.sh, kdump-test.sh,
+stall-ppi-test.sh, pvpanic-guest-test.sh, pvpanic-pci-guest-test.sh): starts
+QEMU (TCG, serial to a file, QMP socket) or attaches to one, follows its QMP
+events (through tests/vigilqmp.py, the one QMP client, on QEMU's qemu.qmp) and
 serial console, and prints the PASS/FAIL protocol of scripts/run-tests.sh
-("PASS<TAB>name" on stdout, details on stderr). Standard library only."""
+("PASS<TAB>name" on stdout, details on stderr)."""
 
-import json, os, re, select, shutil, socket, subprocess, sys, time
+import json, os, re, shutil, subprocess, sys, time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import vigilqmp  # noqa: E402  (tests/vigilqmp.py)
 
 T0 = time.time()
 failures = 0
@@ -34,50 +39,43 @@ def firmware_args(tmp, name):
             "-drive", "if=pflash,format=raw,unit=1,file=" + vars_copy]
 
 
-class VM:
-    def __init__(self, qemu, name, tmp, args, no_reboot=True):
+SERIAL_LOG = r"vigil-guest:|pvpanic|stall|kexec|crash|Kernel panic|Booting Linux"
+
+
+class Monitor:
+    """The QMP socket and serial log of a running QEMU. Events are
+    (time, name, data): the host time they were received, or with
+    qemu_time=True the time QEMU sent them (their QMP timestamp)."""
+
+    def __init__(self, name, sock_path, serial_path, alive=None, qemu_time=False,
+                 serial_log=SERIAL_LOG, err_path=None):
         self.name = name
-        self.serial_path = os.path.join(tmp, name + ".serial")
-        self.sock_path = os.path.join(tmp, name + ".qmp")
-        self.err_path = os.path.join(tmp, name + ".err")
-        cmd = [qemu, "-accel", "tcg", "-nodefaults", "-display", "none",
-               "-name", name + ",debug-threads=on",
-               "-serial", "file:" + self.serial_path,
-               "-qmp", "unix:%s,server=on,wait=off" % self.sock_path] + \
-              (["-no-reboot"] if no_reboot else []) + args
-        log("[%s] %s" % (name, " ".join(cmd)))
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.err_path, "w"))
-        self.t_start = time.time()
-        self.buf = b""
+        self.sock_path, self.serial_path, self.err_path = sock_path, serial_path, err_path
+        self.qemu_time = qemu_time
+        self.serial_log = re.compile(serial_log, re.I)
         self.events = []          # (host time, name, data)
         self.serial = []          # (host time, line)
-        self.replies = {}
-        self.closed = False
         self.serial_pos, self.serial_part = 0, b""
-        self.next_id = 0
-        deadline = time.time() + 30
-        while True:
-            self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                self.s.connect(self.sock_path)
-                break
-            except OSError:
-                self.s.close()
-                if time.time() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("cannot connect to QMP: " + open(self.err_path).read())
-                time.sleep(0.05)
-        self.read_msgs(lambda: hasattr(self, "greeting"), 10)
-        self.cmd("qmp_capabilities")
+        try:
+            self.qmp = vigilqmp.QMP(sock_path, timeout=30, alive=alive)
+        except vigilqmp.QMPError as e:
+            err = ""
+            if err_path:
+                try:
+                    err = open(err_path).read()
+                except OSError:
+                    pass
+            raise RuntimeError("%s %s" % (e, err)) from None
+        self.greeting = self.qmp.greeting
+
+    @property
+    def closed(self):
+        return self.qmp.closed
 
     def handle(self, msg):
-        if "QMP" in msg:
-            self.greeting = msg
-        elif "event" in msg:
-            self.events.append((time.time(), msg["event"], msg.get("data", {})))
-            log("[%s] event" % self.name, msg["event"], json.dumps(msg.get("data", {})))
-        elif "id" in msg:
-            self.replies[msg["id"]] = msg
+        t = vigilqmp.event_time(msg) if self.qemu_time else time.time()
+        self.events.append((t, msg["event"], msg.get("data", {})))
+        log("[%s] event" % self.name, msg["event"], json.dumps(msg.get("data", {})))
 
     def poll_serial(self):
         try:
@@ -92,8 +90,7 @@ class VM:
         for line in lines:
             text = line.decode(errors="replace").rstrip("\r")
             self.serial.append((time.time(), text))
-            if re.search(r"vigil-guest:|pvpanic|stall|kexec|crash|Kernel panic|Booting Linux", text,
-                         re.I):
+            if self.serial_log.search(text):
                 log("[%s] serial |" % self.name, text)
 
     def read_msgs(self, until, timeout):
@@ -102,38 +99,28 @@ class VM:
         while not until():
             left = end - time.time()
             if left <= 0 or self.closed:
+                for msg in self.qmp.pull():
+                    self.handle(msg)
                 self.poll_serial()
                 return until()
-            r, _, _ = select.select([self.s], [], [], min(left, 0.05))
+            msgs = self.qmp.pull(min(left, 0.05))
             self.poll_serial()
-            if r:
-                data = self.s.recv(65536)
-                if not data:
-                    self.closed = True
-                    continue
-                self.buf += data
-                *lines, self.buf = self.buf.split(b"\n")
-                for line in lines:
-                    if line.strip():
-                        self.handle(json.loads(line))
+            for msg in msgs:
+                self.handle(msg)
         return True
 
     def sleep(self, seconds):
         self.read_msgs(lambda: False, seconds)
 
     def cmd(self, name, **arguments):
-        self.next_id += 1
-        i = self.next_id
-        msg = {"execute": name, "id": i}
-        if arguments:
-            msg["arguments"] = arguments
-        self.s.sendall(json.dumps(msg).encode() + b"\n")
-        if not self.read_msgs(lambda: i in self.replies, 10):
-            raise RuntimeError("no reply to " + name)
-        reply = self.replies.pop(i)
-        if "error" in reply:
-            raise RuntimeError("%s: %s" % (name, reply["error"]))
-        return reply["return"]
+        """The return value of NAME (RuntimeError on an error reply or no
+        reply within 10 s); the events that came before the reply are in
+        self.events when it returns."""
+        try:
+            return self.qmp.cmd(name, **arguments)
+        finally:
+            for msg in self.qmp.pull():
+                self.handle(msg)
 
     def qom(self, path, prop):
         return self.cmd("qom-get", path=path, property=prop)
@@ -161,11 +148,35 @@ class VM:
         for _, l in self.serial[-n:]:
             print("    " + l, file=sys.stderr)
         try:
-            err = open(self.err_path).read().strip()
+            err = open(self.err_path).read().strip() if self.err_path else ""
         except OSError:
             err = ""
         if err:
             log("---- [%s] QEMU stderr ----\n%s" % (self.name, err))
+
+    def close(self):
+        self.qmp.close()
+
+
+class VM(Monitor):
+    """Starts QEMU (TCG, no defaults, serial to NAME.serial, QMP socket
+    NAME.qmp in TMP) with ARGS, and follows it."""
+
+    def __init__(self, qemu, name, tmp, args, no_reboot=True):
+        serial_path = os.path.join(tmp, name + ".serial")
+        sock_path = os.path.join(tmp, name + ".qmp")
+        err_path = os.path.join(tmp, name + ".err")
+        cmd = [qemu, "-accel", "tcg", "-nodefaults", "-display", "none",
+               "-name", name + ",debug-threads=on",
+               "-serial", "file:" + serial_path,
+               "-qmp", "unix:%s,server=on,wait=off" % sock_path] + \
+              (["-no-reboot"] if no_reboot else []) + args
+        log("[%s] %s" % (name, " ".join(cmd)))
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=open(err_path, "w"))
+        self.t_start = time.time()
+        Monitor.__init__(self, name, sock_path, serial_path, err_path=err_path,
+                         alive=lambda: self.proc.poll() is None)
 
     def vcpu_ns(self, cpu):
         """CPU time (ns) QEMU's thread "CPU <cpu>/TCG" has used, or None."""
@@ -181,10 +192,7 @@ class VM:
         return None
 
     def stop(self):
-        try:
-            self.s.close()
-        except OSError:
-            pass
+        self.close()
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
