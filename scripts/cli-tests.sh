@@ -5,16 +5,12 @@
 # go to stderr.
 set -uo pipefail
 . "$(dirname "$0")/common.sh"
+. "$VIGIL_ROOT/tests/lib.sh"   # pass/fail/check (the PASS/FAIL protocol), qmp
 
 A64=$VIGIL_BUILD/qemu-system-aarch64
 X86=$VIGIL_BUILD/qemu-system-x86_64
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-
-check() { # NAME COMMAND...: passes when COMMAND succeeds
-    local name=$1; shift
-    if "$@" >&2; then printf 'PASS\t%s\n' "$name"; else printf 'FAIL\t%s\n' "$name"; fi
-}
 
 # qemu_fails_with PATTERN ARGS...: QEMU refuses to start and says PATTERN
 qemu_fails_with() {
@@ -46,34 +42,34 @@ help_lists_properties() {
         grep -q "^  $p=" <<<"$out" || { echo "missing $p in: $out"; return 1; }
     done
 }
-check "stall-detector: -device help lists its properties" help_lists_properties
+check "stall-detector: -device help lists its properties" "" help_lists_properties
 
-check "stall-detector: listed by qom-list-types on aarch64" \
+check "stall-detector: listed by qom-list-types on aarch64" "" \
     bash -c "echo '{\"execute\":\"qmp_capabilities\"}{\"execute\":\"qom-list-types\"}{\"execute\":\"quit\"}' |
              timeout 30 '$A64' -M virt -display none -qmp stdio | grep -q '\"name\": \"vcpu-stall-detector\"'"
 
 for bad in clock-frequency=0 clock-frequency=100 timeout-sec=0 timeout-sec=600; do
-    check "stall-detector: rejects $bad naming the property" \
+    check "stall-detector: rejects $bad naming the property" "" \
         qemu_fails_with "property '${bad%%=*}'" "$A64" -M virt -device "vcpu-stall-detector,$bad"
 done
-check "stall-detector: rejects clock=wall naming the property" \
+check "stall-detector: rejects clock=wall naming the property" "" \
     qemu_fails_with "property 'clock'" "$A64" -M virt -device vcpu-stall-detector,clock=wall
-check "stall-detector: rejects ppi=16 naming the property" \
+check "stall-detector: rejects ppi=16 naming the property" "" \
     qemu_fails_with "property 'ppi'" "$A64" -M virt -device vcpu-stall-detector,ppi=16
-check "stall-detector: rejects a PPI the virt board uses (timer PPI 14)" \
+check "stall-detector: rejects a PPI the virt board uses (timer PPI 14)" "" \
     qemu_fails_with "property 'ppi' \(14\) is already used" "$A64" -M virt -device vcpu-stall-detector,ppi=14
 # -action watchdog=inject-nmi does nothing on virt (no NMI interface there)
-check "stall-detector: refuses -action watchdog=inject-nmi on virt (no NMI there)" \
+check "stall-detector: refuses -action watchdog=inject-nmi on virt (no NMI there)" "" \
     qemu_fails_with "inject-nmi.*no NMI" "$A64" -M virt -action watchdog=inject-nmi -device vcpu-stall-detector
 # Record/replay: a countdown over host CPU time would make replay diverge
 rr_file=$tmp/replay.bin
-check "stall-detector: clock=vcpu-runtime refused under record/replay, naming the property" \
+check "stall-detector: clock=vcpu-runtime refused under record/replay, naming the property" "" \
     qemu_fails_with "property 'clock'.*record/replay" "$A64" -M virt -icount shift=5,rr=record,rrfile="$rr_file" \
         -device vcpu-stall-detector,clock=vcpu-runtime
-check "stall-detector: under record/replay the default clock falls back to virtual (with a warning)" \
+check "stall-detector: under record/replay the default clock falls back to virtual (with a warning)" "" \
     qemu_starts_warning "record/replay.*'virtual'" "$A64" -M virt -icount shift=5,rr=record,rrfile="$rr_file" \
         -device vcpu-stall-detector
-check "stall-detector: a second instance is refused" \
+check "stall-detector: a second instance is refused" "" \
     qemu_fails_with "only one vcpu-stall-detector" "$A64" -M virt -device vcpu-stall-detector -device vcpu-stall-detector
 
 node_default() {
@@ -87,7 +83,7 @@ node_default() {
         grep -q 'timeout-sec = <0x08>;' <<<"$n" &&
         grep -q 'interrupts = <0x01 0x0f 0x301>;' <<<"$n"
 }
-check "stall-detector: device tree node (defaults: PPI 15, edge, 2-CPU mask)" node_default
+check "stall-detector: device tree node (defaults: PPI 15, edge, 2-CPU mask)" "" node_default
 
 node_gicv3() {
     local n
@@ -95,7 +91,7 @@ node_gicv3() {
     echo "$n"
     grep -q 'interrupts = <0x01 0x0f 0x01>;' <<<"$n"
 }
-check "stall-detector: device tree node on GICv3 (no CPU mask)" node_gicv3
+check "stall-detector: device tree node on GICv3 (no CPU mask)" "" node_gicv3
 
 node_gicv2_props() {
     local n
@@ -105,7 +101,7 @@ node_gicv2_props() {
         grep -q 'timeout-sec = <0x1e>;' <<<"$n" &&
         grep -q 'interrupts = <0x01 0x08 0x701>;' <<<"$n"
 }
-check "stall-detector: device tree node (GICv2 CPU mask, custom properties)" node_gicv2_props
+check "stall-detector: device tree node (GICv2 CPU mask, custom properties)" "" node_gicv2_props
 
 node_no_ppi() {
     local n
@@ -113,12 +109,12 @@ node_no_ppi() {
     echo "$n"
     [ -n "$n" ] && ! grep -q interrupts <<<"$n"
 }
-check "stall-detector: no interrupts property with ppi=-1" node_no_ppi
+check "stall-detector: no interrupts property with ppi=-1" "" node_no_ppi
 
 no_device_no_node() {
     ! dts | grep -q vcpu-stall-detector
 }
-check "stall-detector: no node without the device" no_device_no_node
+check "stall-detector: no node without the device" "" no_device_no_node
 
 banks_via_monitor() {
     # What a guest's first look at the registers shows (4 CPUs: 4 banks).
@@ -128,9 +124,9 @@ banks_via_monitor() {
     echo "$out"
     [ "$(grep -cE '^0{8}0c0000[0-3]0: 0x00000000 0x00000000 0x00000000 0x00000000' <<<"$out")" = 4 ]
 }
-check "stall-detector: four banks read as zero after reset (HMP xp)" banks_via_monitor
+check "stall-detector: four banks read as zero after reset (HMP xp)" "" banks_via_monitor
 
-check "stall-detector: not offered on x86_64 (arm virt only)" \
+check "stall-detector: not offered on x86_64 (arm virt only)" "" \
     qemu_fails_with "'vcpu-stall-detector' is not a valid device model name" "$X86" -M q35 -device vcpu-stall-detector
 
 poweroff_action() {
@@ -152,7 +148,7 @@ poweroff_action() {
     [ $rc = 0 ] && grep -q '"stage": "action"' "$tmp/poweroff.events" &&
         grep -q 'WATCHDOG {"action": "poweroff"}' "$tmp/poweroff.events"
 }
-check "stall-detector: -action watchdog=poweroff ends QEMU (exit 0) after the events" poweroff_action
+check "stall-detector: -action watchdog=poweroff ends QEMU (exit 0) after the events" "" poweroff_action
 
 single_threaded_tcg() {
     # -accel tcg,thread=single: both vCPUs share one host thread, so each
@@ -175,7 +171,7 @@ single_threaded_tcg() {
     ! grep -q 'QMP event' "$tmp/rr0.events" &&
         grep -q '"cpu-index": 1, .*"stage": "warning"' "$tmp/rr3.events"
 }
-check "stall-detector: single-threaded TCG: no false alarm, a stall still caught" single_threaded_tcg
+check "stall-detector: single-threaded TCG: no false alarm, a stall still caught" "" single_threaded_tcg
 
 # --- pvpanic ---------------------------------------------------------------
 
@@ -199,7 +195,7 @@ c_pvpanic_not_built() {
         grep -q ' pvpanic_pci::PvPanicPci::realize$' <<<"$a64syms" &&
         grep -q ' pvpanic_isa_build_aml$' <<<"$x86syms"
 }
-check "pvpanic: the emulators link the Rust devices, not C pvpanic-isa.c/pvpanic-mmio.c/pvpanic-pci.c" c_pvpanic_not_built
+check "pvpanic: the emulators link the Rust devices, not C pvpanic-isa.c/pvpanic-mmio.c/pvpanic-pci.c" "" c_pvpanic_not_built
 
 pvpanic_pci_vmstate() {
     # C's vmstate_pvpanic_pci (hw/misc/pvpanic-pci.c): "pvpanic-pci",
@@ -226,7 +222,7 @@ print(sys.argv[1], "pvpanic-pci: as C; dev:", c["size"], "bytes,", c["Descriptio
 PY
     done
 }
-check "pvpanic-pci: -dump-vmstate is C's vmstate_pvpanic_pci field for field (both targets)" pvpanic_pci_vmstate
+check "pvpanic-pci: -dump-vmstate is C's vmstate_pvpanic_pci field for field (both targets)" "" pvpanic_pci_vmstate
 
 pvpanic_pci_help() {
     local out
@@ -235,9 +231,9 @@ pvpanic_pci_help() {
     grep -q '^  events=<uint8> .*(default: 7)' <<<"$out" &&
         "$X86" -device help 2>&1 | grep -q '^name "pvpanic-pci", bus PCI$'
 }
-check "pvpanic-pci: -device help lists it on the PCI bus, events default 7 (as C)" pvpanic_pci_help
+check "pvpanic-pci: -device help lists it on the PCI bus, events default 7 (as C)" "" pvpanic_pci_help
 
-check "pvpanic: listed by qom-list-types on x86_64 (libvirt probes the type name)" \
+check "pvpanic: listed by qom-list-types on x86_64 (libvirt probes the type name)" "" \
     bash -c "echo '{\"execute\":\"qmp_capabilities\"}{\"execute\":\"qom-list-types\"}{\"execute\":\"quit\"}' |
              timeout 30 '$X86' -M q35 -display none -qmp stdio | grep -q '\"name\": \"pvpanic\"'"
 
@@ -248,12 +244,12 @@ pvpanic_help() {
     grep -q '^  ioport=<uint16> .*(default: 1285)' <<<"$out" &&
         grep -q '^  events=<uint8> .*(default: 7)' <<<"$out"
 }
-check "pvpanic: -device pvpanic,help shows ioport and events with C's defaults" pvpanic_help
+check "pvpanic: -device pvpanic,help shows ioport and events with C's defaults" "" pvpanic_help
 
 # The C devices accept any events value (and advertise it): so do ours.
-check "pvpanic: -global pvpanic.events=15 starts as with C QEMU, warning about bit 0x8" \
+check "pvpanic: -global pvpanic.events=15 starts as with C QEMU, warning about bit 0x8" "" \
     qemu_starts_warning "warning: pvpanic: property 'events' has bits 0x8" "$X86" -M q35 -global pvpanic.events=15 -device pvpanic
-check "pvpanic-mmio: events=255 starts, warning about bits 0xf8" \
+check "pvpanic-mmio: events=255 starts, warning about bits 0xf8" "" \
     qemu_starts_warning "warning: pvpanic-mmio: property 'events' has bits 0xf8" "$A64" -M virt -device pvpanic-mmio,events=255
 
 pvpanic_mmio_node() {
@@ -262,14 +258,14 @@ pvpanic_mmio_node() {
     echo "$n"
     grep -q 'compatible = "qemu,pvpanic-mmio";' <<<"$n" && grep -q 'reg = <0x00 0x02>;' <<<"$n"
 }
-check "pvpanic-mmio: device tree node on virt (qemu,pvpanic-mmio, 2-byte reg)" pvpanic_mmio_node
+check "pvpanic-mmio: device tree node on virt (qemu,pvpanic-mmio, 2-byte reg)" "" pvpanic_mmio_node
 
 two_platform_devices() {
     local d
     d=$(dts -smp 2 -device vcpu-stall-detector -device pvpanic-mmio)
     grep -q 'vcpu-stall-detector@0 {' <<<"$d" && grep -q 'pvpanic@1000 {' <<<"$d"
 }
-check "pvpanic-mmio: shares virt's platform bus with the stall detector" two_platform_devices
+check "pvpanic-mmio: shares virt's platform bus with the stall detector" "" two_platform_devices
 
 bios_tables_pvpanic() {
     # QEMU's expected tables are made under TCG; where /dev/kvm works the
@@ -283,4 +279,4 @@ bios_tables_pvpanic() {
     (cd "$VIGIL_BUILD" && "${run[@]}") 2>&1 | tee "$tmp/bt.log" &&
         grep -q '^ok 1 /x86_64/acpi/q35/pvpanic-isa' "$tmp/bt.log"
 }
-check "pvpanic: QEMU's bios-tables-test pvpanic-isa case (AML byte-identical to C's)" bios_tables_pvpanic
+check "pvpanic: QEMU's bios-tables-test pvpanic-isa case (AML byte-identical to C's)" "" bios_tables_pvpanic

@@ -1,13 +1,14 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-# Shared by the guest tests (sourced): a scratch directory, the QEMU and
-# helper processes a test starts (stopped ones are continued, then all are
-# ended when the test exits), and the PASS/FAIL line protocol that
-# scripts/run-tests.sh reads ("PASS<TAB>name" on stdout, details on stderr).
+# Shared by the guest tests (sourced): the helpers of every test (tests/lib.sh:
+# the PASS/FAIL line protocol that scripts/run-tests.sh reads, wait_for, since,
+# qmp...), a scratch directory, and the QEMU and helper processes a test starts
+# (stopped ones are continued, then all are ended when the test exits).
+
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 tmp=$(mktemp -d)
 qemu_pids=()
 watch_pids=()
-failures=0
 
 cleanup() {
     local p
@@ -24,10 +25,3 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-log() { printf '%s\n' "$*" >&2; }
-pass() { printf 'PASS\t%s\n' "$1"; }
-fail() { printf 'FAIL\t%s\n' "$1"; failures=$((failures + 1)); }
-result() { # NAME STATUS
-    if [ "$2" -eq 0 ]; then pass "$1"; else fail "$1"; fi
-}

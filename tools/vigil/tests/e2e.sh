@@ -17,8 +17,6 @@ root=$(cd "$here/../../.." && pwd)
 build=${VIGIL_BUILD:-${VIGIL_CACHE:-$HOME/.cache/vigil}/build}
 QEMU=${QEMU:-$build/qemu-system-x86_64}
 
-passed=0
-failed=0
 pids=()
 work=$(mktemp -d "${TMPDIR:-/tmp}/vigil-e2e.XXXXXX")
 
@@ -39,93 +37,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-say() { echo "e2e: $*" >&2; }
-pass() { printf 'PASS\t%s\n' "$1"; passed=$((passed + 1)); }
-fail() { printf 'FAIL\t%s\n' "$1"; failed=$((failed + 1)); shift; [ $# -gt 0 ] && say "$*"; }
-# check NAME DETAIL COMMAND...: PASS if COMMAND succeeds. DETAIL is printed on
-# stderr on failure; "@FILE" prints the end of FILE instead.
-check() {
-    local name=$1 detail=$2
-    shift 2
-    if "$@"; then
-        pass "$name"
-    else
-        fail "$name"
-        case $detail in
-            @*) say "${detail#@}:"; tail -n 40 "${detail#@}" | tr -d '\000' >&2 ;;
-            ?*) say "$detail" ;;
-        esac
-    fi
-}
+. "$root/tests/lib.sh"   # pass, fail, check, wait_for, finish, qmp, count, has...
+log() { echo "e2e: $*" >&2; }
 
-# wait_for SECONDS COMMAND...: true once COMMAND succeeds, false after SECONDS.
-wait_for() {
-    local deadline=$((SECONDS + $1))
-    shift
-    until "$@"; do
-        [ $SECONDS -ge "$deadline" ] && return 1
-        sleep 0.1
-    done
-}
-
-# ---------------------------------------------------------------- helpers (python3)
-cat >"$work/qmp.py" <<'EOF'
-"""qmp.py SOCKET COMMAND [ARGS-JSON]: run one QMP command, print its return value.
-qmp.py SOCKET --events FILE: append every event to FILE (one JSON line each) until EOF."""
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.settimeout(20)
-s.connect(sys.argv[1])
-f = s.makefile("rw")
-json.loads(f.readline())
-def cmd(c, a=None):
-    m = {"execute": c}
-    if a is not None:
-        m["arguments"] = a
-    f.write(json.dumps(m) + "\n"); f.flush()
-    while True:
-        r = json.loads(f.readline())
-        if "event" in r:
-            continue
-        if "error" in r:
-            sys.exit("error: " + json.dumps(r["error"]))
-        return r["return"]
-cmd("qmp_capabilities")
-if sys.argv[2] == "--events":
-    s.settimeout(None)
-    with open(sys.argv[3], "a") as out:
-        for line in f:
-            out.write(line); out.flush()
-else:
-    print(json.dumps(cmd(sys.argv[2], json.loads(sys.argv[3]) if len(sys.argv) > 3 else None)))
-EOF
-
-cat >"$work/jl.py" <<'EOF'
-"""jl.py FILE KEY=VALUE...: count the JSON lines of FILE whose fields match
-(VALUE compared as JSON if it parses, else as a string)."""
-import json, sys
-want = []
-for kv in sys.argv[2:]:
-    k, v = kv.split("=", 1)
-    try:
-        v = json.loads(v)
-    except ValueError:
-        pass
-    want.append((k, v))
-n = 0
-try:
-    for line in open(sys.argv[1]):
-        try:
-            r = json.loads(line)
-        except ValueError:
-            continue
-        if all(r.get(k) == v for k, v in want):
-            n += 1
-except FileNotFoundError:
-    pass
-print(n)
-EOF
-
+# ---------------------------------------------------------------- fake QMP server (python3)
 cat >"$work/fakeqmp.py" <<'EOF'
 """fakeqmp.py SOCKET: a QMP server that misbehaves. Connection 1: a garbage
 greeting, then close. Connection 2: a good greeting, then garbage of all
@@ -188,30 +103,21 @@ EOF
 # ---------------------------------------------------------------- setup
 if [ ! -x "$QEMU" ]; then
     fail "setup: qemu" "no QEMU at $QEMU (build it with ./dev.sh, or set QEMU=)"
-    echo "$passed passed, $failed failed"
-    exit 1
+    finish
 fi
 if [ -n "${VIGIL_BIN:-}" ]; then
     VIGIL=$VIGIL_BIN
 else
-    say "cargo build -p vigil"
+    log "cargo build -p vigil"
     if ! (cd "$root" && cargo build -q -p vigil) >"$work/cargo.log" 2>&1; then
         cat "$work/cargo.log" >&2
         fail "setup: cargo build" "cargo build -p vigil failed"
-        echo "$passed passed, $failed failed"
-        exit 1
+        finish
     fi
     VIGIL=$(cd "$root" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
         python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/vigil
 fi
 check "vigil --help" "vigil --help failed" bash -c '"$1" --help | grep -q coredump-restart' _ "$VIGIL"
-
-qmp() { python3 "$work/qmp.py" "$@"; }
-count() { python3 "$work/jl.py" "$@"; }
-has() { [ "$(count "$@")" -ge 1 ]; }
-has_n() { local n=$1; shift; [ "$(count "$@")" -ge "$n" ]; }
-alive() { kill -0 "$1" 2>/dev/null; }
-dead() { ! kill -0 "$1" 2>/dev/null; }
 
 # start_qemu NAME: a q35 VM with pvpanic that pauses on panic, with three QMP
 # sockets (a QMP socket serves one client at a time): NAME.vigil.sock for
@@ -227,7 +133,7 @@ start_qemu() {
         >>"$work/$name.qemu.log" 2>&1 &
     QPID=$!
     pids+=("$QPID")
-    wait_for 15 test -S "$work/$name.test.sock" || say "QEMU $name did not create its sockets"
+    wait_for 15 test -S "$work/$name.test.sock" || log "QEMU $name did not create its sockets"
 }
 
 # start_vigil NAME ARGS...: vigil logging to NAME.jsonl and NAME.err. Sets VPID.
@@ -264,7 +170,7 @@ check_dump() {
 }
 
 # ---------------------------------------------------------------- 1. coredump-restart
-say "1. --on-panic coredump-restart"
+log "1. --on-panic coredump-restart"
 start_qemu vm1
 qmp "$work/vm1.events.sock" --events "$work/vm1.events" &
 pids+=($!)
@@ -277,8 +183,8 @@ check "restart: panic seen and acted on" "@$work/v1.err" \
 check "restart: restart done" "@$work/v1.err" \
     wait_for 40 has "$work/v1.jsonl" action=restart status=ok
 check_dump restart "$work/d1" vm1
-check "restart: VM running again" "query-status did not say running" \
-    bash -c 'python3 "$1" "$2" query-status | grep -q "\"running\": true"' _ "$work/qmp.py" "$work/vm1.test.sock"
+check "restart: VM running again" "query-status did not log running" \
+    bash -c 'python3 "$1" "$2" query-status | grep -q "\"running\": true"' _ "$VIGIL_TESTS/vigilqmp.py" "$work/vm1.test.sock"
 check "restart: RESET event (system_reset)" "@$work/vm1.events" \
     wait_for 5 grep -q '"event": "RESET".*host-qmp-system-reset' "$work/vm1.events"
 check "restart: dump completed logged" "@$work/v1.jsonl" \
@@ -286,7 +192,7 @@ check "restart: dump completed logged" "@$work/v1.jsonl" \
 kill "$QPID" "$VPID" 2>/dev/null
 
 # ---------------------------------------------------------------- 2. coredump-destroy
-say "2. --on-panic coredump-destroy"
+log "2. --on-panic coredump-destroy"
 start_qemu vm2
 start_vigil v2 --on-panic coredump-destroy --dump-dir "$work/d2" "unix:$work/vm2.vigil.sock"
 check "destroy: vigil connects" "@$work/v2.err" \
@@ -300,7 +206,7 @@ check "destroy: vigil keeps running" "@$work/v2.err" alive "$VPID"
 kill "$VPID" 2>/dev/null
 
 # ---------------------------------------------------------------- 3. reconnect
-say "3. vigil before QEMU, QEMU killed and started again"
+log "3. vigil before QEMU, QEMU killed and started again"
 start_vigil v3 --on-panic coredump-restart --reconnect-max 1 --dump-dir "$work/d3" "unix:$work/vm3.vigil.sock"
 check "reconnect: waits for a missing socket" "@$work/v3.err" \
     wait_for 5 has "$work/v3.jsonl" status=connect-failed
@@ -320,12 +226,12 @@ panic_vm vm3
 check "reconnect: handles a panic after reconnecting" "@$work/v3.err" \
     wait_for 40 has "$work/v3.jsonl" action=restart status=ok
 check_dump reconnect "$work/d3" vm3
-check "reconnect: VM running again" "query-status did not say running" \
-    bash -c 'python3 "$1" "$2" query-status | grep -q "\"running\": true"' _ "$work/qmp.py" "$work/vm3.test.sock"
+check "reconnect: VM running again" "query-status did not log running" \
+    bash -c 'python3 "$1" "$2" query-status | grep -q "\"running\": true"' _ "$VIGIL_TESTS/vigilqmp.py" "$work/vm3.test.sock"
 kill "$QPID" "$VPID" 2>/dev/null
 
 # ---------------------------------------------------------------- 4. malformed input
-say "4. a QMP server that sends garbage"
+log "4. a QMP server that sends garbage"
 python3 "$work/fakeqmp.py" "$work/fake.sock" 2>"$work/fake.err" &
 pids+=($!)
 wait_for 5 test -S "$work/fake.sock"
@@ -348,7 +254,7 @@ check "malformed: stderr has one line per event" "@$work/v4.err" \
 kill "$VPID" 2>/dev/null
 
 # ---------------------------------------------------------------- 5. unsupported format
-say "5. a dump format this QEMU cannot write"
+log "5. a dump format this QEMU cannot write"
 start_qemu vm5
 formats=$(qmp "$work/vm5.test.sock" query-dump-guest-memory-capability)
 missing=
@@ -356,7 +262,7 @@ for f in kdump-lzo kdump-snappy kdump-raw-lzo kdump-raw-snappy; do
     case $formats in *"\"$f\""*) ;; *) missing=$f; break ;; esac
 done
 if [ -z "$missing" ]; then
-    say "this QEMU writes every kdump format ($formats): nothing to refuse"
+    log "this QEMU writes every kdump format ($formats): nothing to refuse"
     pass "format: unsupported format refused (nothing unsupported)"
 else
     "$VIGIL" --on-panic coredump-destroy --dump-dir "$work/d5" --dump-format "$missing" \
@@ -377,5 +283,4 @@ kill "$QPID" 2>/dev/null
 check "format: usage error without --dump-dir" "" \
     bash -c '"$1" --on-panic coredump-destroy unix:/nonexistent 2>/dev/null; [ $? = 2 ]' _ "$VIGIL"
 
-echo "$passed passed, $failed failed"
-[ "$failed" = 0 ]
+finish

@@ -19,8 +19,6 @@ set -u
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../../.." && pwd)
-passed=0
-failed=0
 pids=()
 work=$(mktemp -d "${TMPDIR:-/tmp}/vigil-fleet.XXXXXX")
 
@@ -33,59 +31,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-say() { echo "fleet: $*" >&2; }
-pass() { printf 'PASS\t%s\n' "$1"; passed=$((passed + 1)); }
-fail() { printf 'FAIL\t%s\n' "$1"; failed=$((failed + 1)); shift; [ $# -gt 0 ] && say "$*"; }
-check() { # NAME DETAIL COMMAND...   (DETAIL "@FILE": the end of FILE)
-    local name=$1 detail=$2
-    shift 2
-    if "$@"; then pass "$name"; else
-        fail "$name"
-        case $detail in
-            @*) say "${detail#@}:"; tail -n 30 "${detail#@}" >&2 ;;
-            ?*) say "$detail" ;;
-        esac
-    fi
-}
-wait_for() { # SECONDS COMMAND...
-    local deadline=$((SECONDS + $1))
-    shift
-    until "$@"; do
-        [ $SECONDS -ge "$deadline" ] && return 1
-        sleep 0.1
-    done
-}
-finish() { echo "$passed passed, $failed failed"; [ "$failed" = 0 ]; exit; }
+. "$root/tests/lib.sh"   # pass, fail, check, wait_for, finish, count, has, alive, dead
+log() { echo "fleet: $*" >&2; }
 
-# count FILE KEY=VALUE...: JSON lines of FILE whose fields match
-count() {
-    python3 - "$@" <<'EOF'
-import json, sys
-want = []
-for kv in sys.argv[2:]:
-    k, v = kv.split("=", 1)
-    try:
-        v = json.loads(v)
-    except ValueError:
-        pass
-    want.append((k, v))
-n = 0
-try:
-    for line in open(sys.argv[1]):
-        try:
-            r = json.loads(line)
-        except ValueError:
-            continue
-        if all(r.get(k) == v for k, v in want):
-            n += 1
-except FileNotFoundError:
-    pass
-print(n)
-EOF
-}
-has() { [ "$(count "$@")" -ge 1 ]; }
-alive() { kill -0 "$1" 2>/dev/null; }
-dead() { ! kill -0 "$1" 2>/dev/null; }
 # metric PORT SERIES: the value of one series on /metrics (empty if absent)
 metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v s="$2" '$1 == s { print $2 }'; }
 export -f count metric
@@ -94,7 +42,7 @@ peer() { # SOCKET NAME [--flood N]: a fake QMP peer in the background; sets PEER
     python3 "$here/fakepeer.py" "$@" 2>>"$work/peers.err" &
     PEER=$!
     pids+=("$PEER")
-    wait_for 5 test -S "$1" || say "peer $1 did not start"
+    wait_for 5 test -S "$1" || log "peer $1 did not start"
 }
 start_vigil() { # NAME ARGS...: sets VPID; logs NAME.jsonl, NAME.err
     local name=$1
@@ -115,7 +63,7 @@ else
 fi
 
 # ---------------------------------------------------------------- 1. flood
-say "1. 200,000 VCPU_STALL, then GUEST_PANICKED"
+log "1. 200,000 VCPU_STALL, then GUEST_PANICKED"
 N=200000
 peer "$work/flood.qmp" floody --flood "$N"
 fpeer=$PEER
@@ -139,13 +87,13 @@ check "flood: every VCPU_STALL is accounted for in the log ($stalls of $N)" "" t
 m=$(metric "$port" 'vigil_events_total{vm="floody",event="VCPU_STALL"}')
 check "flood: vigil_events_total counts all $N stalls ($m)" "" test "${m:-0}" = "$N"
 hwm=$(awk '/VmHWM/ { print $2 }' "/proc/$v1/status" 2>/dev/null)
-say "vigil peak RSS (VmHWM) during the flood: ${hwm:-?} kB"
+log "vigil peak RSS (VmHWM) during the flood: ${hwm:-?} kB"
 echo "     flood: vigil peak RSS ${hwm:-?} kB for $N events"
 check "flood: vigil's peak RSS stays under 48 MiB (${hwm:-?} kB)" "" test "${hwm:-999999}" -lt $((48 * 1024))
 check "flood: vigil still running" "@$work/v1.err" alive "$v1"
 
 # ---------------------------------------------------------------- 2. metrics
-say "2. /metrics"
+log "2. /metrics"
 curl -s "http://127.0.0.1:$port/metrics" >"$work/metrics.txt"
 check "metrics: promtool check metrics" "@$work/metrics.txt" \
     bash -c 'promtool check metrics <"$1" >&2' _ "$work/metrics.txt"
@@ -167,14 +115,14 @@ check "metrics: a port in use is a fatal error (exit 1)" "" bash -c \
     'python3 -c "import socket,subprocess,sys; s=socket.socket(); s.bind((\"127.0.0.1\",0)); s.listen(); sys.exit(subprocess.call([sys.argv[1],\"-q\",\"--metrics\",\"127.0.0.1:%d\" % s.getsockname()[1],\"unix:/nonexistent\"]) != 1)" "$1"' _ "$VIGIL"
 
 # ---------------------------------------------------------------- 3. alerting rules
-say "3. alerting rules"
+log "3. alerting rules"
 check "rules: promtool check rules vigil-alerts.yml" "" \
     bash -c 'promtool check rules "$1/prometheus/vigil-alerts.yml" >&2' _ "$here/.."
 check "rules: promtool test rules (GuestPanicked fires for a new VM's first panic)" "" \
     bash -c 'cd "$1/prometheus" && promtool test rules vigil-alerts.test.yml >&2' _ "$here/.."
 
 # ---------------------------------------------------------------- 4. --notify
-say "4. --notify"
+log "4. --notify"
 cat >"$work/hook.sh" <<EOF
 #!/bin/sh
 # records stdin and the environment; the panic's hook is slow (over the timeout)
@@ -195,7 +143,7 @@ t0=$(date +%s%N)
 touch "$work/n.qmp.panic"
 check "notify: the action is not delayed by a slow hook (quit sent)" "@$work/v4.err" wait_for 5 dead "$npeer"
 t1=$(date +%s%N)
-say "panic to quit with a 30 s hook running: $(((t1 - t0) / 1000000)) ms"
+log "panic to quit with a 30 s hook running: $(((t1 - t0) / 1000000)) ms"
 check "notify: the hook's timeout is logged (killed after 2 s)" "@$work/v4.jsonl" \
     wait_for 10 has "$work/v4.jsonl" type=notify status=timeout "for=event GUEST_PANICKED"
 check "notify: a failing hook's exit status is logged" "@$work/v4.jsonl" \
@@ -209,7 +157,7 @@ check "notify: guest-influenced text is never run" "" test ! -e "$work/pwned"
 kill "$v4" 2>/dev/null
 
 # ---------------------------------------------------------------- 5. --config + SIGHUP
-say "5. --config and SIGHUP"
+log "5. --config and SIGHUP"
 peer "$work/a.qmp" qemu-a; pa=$PEER
 peer "$work/b.qmp" qemu-b; pb=$PEER
 peer "$work/c.qmp" qemu-c; pc=$PEER
@@ -249,7 +197,7 @@ check "config: the unchanged connection is kept (one connection to a)" "$(cat "$
 touch "$work/a.qmp.panic"
 check "config: the changed policy applies (a destroyed)" "@$work/v5.jsonl" wait_for 10 dead "$pa"
 check "config: the removed endpoint is let go (b free for another client)" "" \
-    bash -c 'python3 -c "import socket,sys; s=socket.socket(socket.AF_UNIX); s.settimeout(3); s.connect(sys.argv[1]); sys.exit(b\"QMP\" not in s.recv(4096))" "$1"' _ "$work/b.qmp"
+    qmp "$work/b.qmp" --greeting 3
 echo 'this is [ not toml' >"$work/vigil.toml"
 kill -HUP "$v5"
 check "config: a bad file is refused and the running configuration stays" "@$work/v5.jsonl" \
@@ -262,7 +210,7 @@ check "config: a bad file at start is a usage error (exit 2)" "" \
     bash -c '"$1" --config "$2" 2>/dev/null; [ $? = 2 ]' _ "$VIGIL" "$work/vigil.toml"
 
 # ---------------------------------------------------------------- 6. --watch-dir
-say "6. --watch-dir"
+log "6. --watch-dir"
 mkdir -p "$work/vms"
 peer "$work/vms/early.qmp" early
 port=$(free_port)
@@ -287,7 +235,7 @@ check "watch-dir: a missing directory is a fatal error (exit 1)" "" \
     bash -c '"$1" -q --watch-dir /nonexistent/vigil 2>/dev/null; [ $? = 1 ]' _ "$VIGIL"
 
 # ---------------------------------------------------------------- 7. systemd unit
-say "7. systemd unit"
+log "7. systemd unit"
 sed "s|/usr/local/bin/vigil|$VIGIL|" "$here/../vigil.service" >"$work/vigil.service"
 check "systemd: systemd-analyze verify vigil.service" "" \
     bash -c 'out=$(systemd-analyze verify "$1" 2>&1); echo "$out" >&2; ! grep -q "vigil.service" <<<"$out"' _ "$work/vigil.service"
