@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Run every vigil test and print one summary line: "N passed, M failed".
 #
-#   1. cargo test: the pure-Rust core (unit and property tests)
+#   1. cargo test: the pure-Rust core and vigil (unit and property tests),
+#      one test target at a time, counted from `--list` and each target's
+#      exit status
 #   2. QEMU-level checks of our devices from the command line (cli-tests.sh);
 #      QEMU built --disable-rust (norust-tests.sh); the docs (docs-tests.sh);
 #      QEMU's checkpatch.pl over patches/ and our C files (checkpatch-tests.sh)
 #   3. meson test: our qtests, QEMU's own pvpanic/pvpanic-pci/device-introspect
-#      (both targets) and boot-serial (aarch64) qtests, QEMU's Rust suite
+#      (both targets) and boot-serial (aarch64) qtests, QEMU's Rust suite;
+#      results from meson's testlog.json
 #   4. real guests under TCG: a bare-metal aarch64 guest (stall detector) and
 #      Linux (Debian's x86 kernel; an arm64 kernel built from Debian's source,
 #      scripts/guest-kernels.sh) with the upstream drivers; real libvirt
@@ -25,16 +28,67 @@ result() { # NAME OK?
 logdir=$VIGIL_BUILD/vigil-test-logs
 mkdir -p "$logdir"
 
-# 1. cargo test
+# 1. cargo test, one test target at a time (the workspace's targets, from
+# `cargo metadata`). Each target's tests are listed (libtest's `--list`) and
+# counted, then run: the target's exit status says whether they all passed.
+# When a target fails, each of its tests runs again alone (`--exact`) and
+# counts by its own exit status (and if every one passes alone, the target's
+# failure still counts once). Nothing is read from cargo's screen output.
 t0=$(now)
-log "cargo test (pure-Rust core)"
-(cd "$VIGIL_ROOT" && cargo test --workspace 2>&1) | tee "$logdir/cargo.log" | grep -E '^test |test result' | grep -v '^test result: ok. 0 passed' || true
-while read -r p f; do
-    passed=$((passed + p)); failed=$((failed + f))
-done < <(sed -n -E 's/^test result: [a-zA-Z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/p' "$logdir/cargo.log")
-grep -q '^test result:' "$logdir/cargo.log" || result "cargo test (did not run)" 1
-grep -q '^test result: FAILED' "$logdir/cargo.log" && failures+=("cargo test")
-log "cargo test took $(elapsed "$t0")"
+log "cargo test (pure-Rust core, vigil)"
+cargo_log=$logdir/cargo.log
+: >"$cargo_log"
+if ! (cd "$VIGIL_ROOT" && cargo test --workspace --no-run) >>"$cargo_log" 2>&1; then
+    tail -n 30 "$cargo_log"; echo "FAIL cargo test: the tests build"; result "cargo test: the tests build" 1
+else
+    # "PACKAGE<TAB>TARGET OPTION" per test target (doc tests: --doc)
+    cargo_targets=$(cd "$VIGIL_ROOT" && cargo metadata --format-version 1 --no-deps | python3 -c '
+import json, sys
+m = json.load(sys.stdin)
+for p in m["packages"]:
+    if p["id"] not in m["workspace_members"]:
+        continue
+    for t in p["targets"]:
+        kinds = set(t["kind"])
+        if "lib" in kinds or "rlib" in kinds:
+            if t.get("test", True):
+                print("%s\t--lib" % p["name"])
+            if t.get("doctest", True):
+                print("%s\t--doc" % p["name"])
+        elif kinds & {"bin", "test"} and t.get("test", True):
+            print("%s\t--%s %s" % (p["name"], "bin" if "bin" in kinds else "test", t["name"]))
+')
+    [ -n "$cargo_targets" ] || result "cargo test: the workspace's test targets (cargo metadata)" 1
+    while IFS=$'\t' read -r pkg sel; do
+        [ -n "$pkg" ] || continue
+        # shellcheck disable=SC2086 # sel is an option and its argument
+        if ! names=$(cd "$VIGIL_ROOT" && cargo test -q -p "$pkg" $sel -- --list --format terse 2>>"$cargo_log"); then
+            echo "FAIL cargo test -p $pkg $sel: cannot list its tests"; result "cargo test -p $pkg $sel (list)" 1
+            continue
+        fi
+        names=$(sed -n 's/: test$//p' <<<"$names")
+        n=$(grep -c . <<<"$names")
+        [ "$n" -gt 0 ] || continue   # no tests (vigil's main.rs, a crate without doc tests)
+        # shellcheck disable=SC2086
+        if (cd "$VIGIL_ROOT" && cargo test -p "$pkg" $sel) >>"$cargo_log" 2>&1; then
+            echo "ok   cargo test -p $pkg $sel: $n tests"
+            passed=$((passed + n))
+        else
+            echo "FAIL cargo test -p $pkg $sel (exit status $?): each of its $n tests alone"
+            alone_failed=0
+            while IFS= read -r name; do
+                # shellcheck disable=SC2086
+                if (cd "$VIGIL_ROOT" && cargo test -p "$pkg" $sel -- --exact "$name") >>"$cargo_log" 2>&1; then
+                    result "$name" 0
+                else
+                    echo "FAIL   $name"; result "cargo test -p $pkg $sel: $name" 1; alone_failed=1
+                fi
+            done <<<"$names"
+            [ $alone_failed = 1 ] || result "cargo test -p $pkg $sel (fails together, each test passes alone)" 1
+        fi
+    done <<<"$cargo_targets"
+fi
+log "cargo test took $(elapsed "$t0") (log: $cargo_log)"
 
 # Scripts that print "PASS<TAB>name" / "FAIL<TAB>name" per check.
 run_checks() { # TITLE LOGNAME COMMAND...
@@ -85,27 +139,48 @@ for t in qtest-aarch64/vcpu-stall-detector-test qtest-aarch64/pvpanic-mmio-test 
          qtest-aarch64/boot-serial-test; do
     tests+=("$t")
 done
-# "suite+suite - qemu:name" lines -> names
-available=$("$MESON" test -C "$VIGIL_BUILD" --list 2>/dev/null | sed -n 's/^.* - qemu://p')
+# "NAME" per line, from meson's introspection (JSON)
+available=$("$MESON" introspect --tests "$VIGIL_BUILD" 2>/dev/null |
+            python3 -c 'import json, sys; print("\n".join(t["name"] for t in json.load(sys.stdin)))')
 run=()
 for t in "${tests[@]}"; do
     if grep -qx "$t" <<<"$available"; then run+=("$t"); else echo "FAIL $t (not in this build)"; result "$t (missing)" 1; fi
 done
-rust_tests=$(grep -E '^rust-' <<<"$available" | tr '\n' ' ')
-[ -n "$rust_tests" ] || { echo "FAIL QEMU rust suite (not in this build)"; result "rust suite (missing)" 1; }
+mapfile -t rust_tests < <(grep -E '^rust-' <<<"$available")
+[ ${#rust_tests[@]} -gt 0 ] || { echo "FAIL QEMU rust suite (not in this build)"; result "rust suite (missing)" 1; }
 log "meson test: ${#run[@]} qtests + QEMU's Rust suite"
-# shellcheck disable=SC2086 # rust_tests is a list of names
-"$MESON" test -C "$VIGIL_BUILD" --print-errorlogs "${run[@]}" $rust_tests \
+# Results: meson's $VIGIL_BUILD/meson-logs/testlog.json, one JSON object per
+# test ("name": "SUITES - PROJECT:NAME", "result": OK, FAIL, SKIP, TIMEOUT...).
+testlog=$VIGIL_BUILD/meson-logs/testlog.json
+rm -f "$testlog"
+"$MESON" test -C "$VIGIL_BUILD" --print-errorlogs "${run[@]}" "${rust_tests[@]}" \
     > "$logdir/meson.log" 2>&1
-sed -e '/^Summary of Failures/,$d' "$logdir/meson.log" | grep -E '^ *[0-9]+/[0-9]+ ' | sed 's/^ *//'
-while read -r st name; do
-    case $st in
-        OK|EXPECTEDFAIL) result "$name" 0 ;;
-        *) result "$name ($st)" 1 ;;
-    esac
-done < <(sed -e '/^Summary of Failures/,$d' "$logdir/meson.log" |
-         sed -n -E 's/^ *[0-9]+\/[0-9]+ +(.* )?([^ ]+) +(OK|FAIL|SKIP|TIMEOUT|ERROR|EXPECTEDFAIL|UNEXPECTEDPASS) +.*/\3 \2/p')
-grep -q 'Ok:' "$logdir/meson.log" || { tail -n 40 "$logdir/meson.log"; result "meson test (did not run)" 1; }
+meson_rc=$?
+if [ ! -s "$testlog" ]; then
+    tail -n 40 "$logdir/meson.log"; echo "FAIL meson test (no $testlog)"; result "meson test (did not run)" 1
+else
+    declare -A meson_seen=()
+    meson_bad=0
+    while IFS=$'\t' read -r st name secs; do
+        meson_seen[$name]=1
+        case $st in
+            OK|EXPECTEDFAIL) echo "ok   $name ($secs s)"; result "$name" 0 ;;
+            *) echo "FAIL $name ($st, $secs s)"; result "$name ($st)" 1; meson_bad=$((meson_bad + 1)) ;;
+        esac
+    done < <(python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    if line.strip():
+        t = json.loads(line)
+        name = t["name"].rsplit(" - ", 1)[-1].split(":", 1)[-1]   # "SUITES - PROJECT:NAME"
+        print("%s\t%s\t%.1f" % (t["result"], name, t.get("duration", 0)))
+' "$testlog")
+    for t in "${run[@]}" "${rust_tests[@]}"; do
+        [ -n "${meson_seen[$t]:-}" ] || { echo "FAIL $t (no result in testlog.json)"; result "$t (no result)" 1; }
+    done
+    [ "$meson_rc" = 0 ] || [ "$meson_bad" -gt 0 ] ||
+        { echo "FAIL meson test exited $meson_rc"; result "meson test (exit status $meson_rc)" 1; }
+fi
 log "meson tests took $(elapsed "$t0") (log: $logdir/meson.log)"
 
 # 4. real guests under TCG
