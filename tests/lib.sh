@@ -26,6 +26,7 @@
 #   count FILE KEY=VALUE...       JSON lines of FILE whose fields match
 #   has FILE KEY=VALUE...         at least one; has_n N FILE KEY=VALUE...: N
 #   alive PID, dead PID           kill -0
+#   free_port                     a free TCP port on 127.0.0.1
 #
 # Counters: $passed, $failures.
 
@@ -86,3 +87,4 @@ has() { [ "$(count "$@")" -ge 1 ]; }
 has_n() { local n=$1; shift; [ "$(count "$@")" -ge "$n" ]; }
 alive() { kill -0 "$1" 2>/dev/null; }
 dead() { ! kill -0 "$1" 2>/dev/null; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

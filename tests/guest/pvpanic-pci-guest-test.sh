@@ -155,7 +155,6 @@ if want vigil && [ -n "$X86_PCI_INITRD" ]; then
         (cd "$root" && cargo build -q --release -p vigil) >&2 || { fail "setup: vigil builds"; exit 1; }
         VIGIL_BIN=$root/target/release/vigil
     fi
-    wait_for() { local t=$1 i; shift; for ((i = 0; i < t * 5; i++)); do "$@" && return 0; sleep 0.2; done; return 1; }
     mkdir -p "$tmp/dumps"
     "$QEMU_X86" -M q35 -m 256 -smp 1 -accel tcg -nodefaults -display none -name pcipanic \
         -kernel "$X86_KERNEL" -initrd "$X86_PCI_INITRD" -append "console=ttyS0 panic=0 vigil.action=panic" \

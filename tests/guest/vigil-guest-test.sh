@@ -28,13 +28,6 @@ if [ -z "${VIGIL_BIN:-}" ]; then
     VIGIL_BIN=$root/target/release/vigil
 fi
 
-# wait_for SECONDS COMMAND...: polls COMMAND every 0.2 s
-wait_for() {
-    local t=$1 i; shift
-    for ((i = 0; i < t * 5; i++)); do "$@" && return 0; sleep 0.2; done
-    return 1
-}
-
 # is_elf_core FILE MIN MAX: an ELF core whose size is within [MIN, MAX] bytes
 is_elf_core() {
     local size

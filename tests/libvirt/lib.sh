@@ -4,9 +4,10 @@
 # without systemd in a PRIVATE mount namespace (see libvirt-test.sh's header for
 # what is bind-mounted and the qemu.conf it gets).
 #
-# `. lib.sh functions` (first, with LV_TAG set): the PASS/FAIL protocol of
-# scripts/run-tests.sh (pass, fail, check NAME STATUS [DETAIL], fatal NAME
-# DETAIL), log (stderr, "[LV_TAG seconds]"), since T0, lv_packages.
+# `. lib.sh functions` (first, with LV_TAG set): tests/lib.sh (the PASS/FAIL
+# protocol of scripts/run-tests.sh: pass, fail, result NAME STATUS [DETAIL],
+# fatal NAME DETAIL; since T0, wait_for...), log (stderr, "[LV_TAG seconds]"),
+# lv_packages.
 # `. lib.sh` (after NAME is set): takes the lock that serialises
 # the libvirt tests, makes $tmp (with $tmp/dump = auto_dump_path), installs the
 # cleanup trap (destroys and undefines domain $NAME if $defined is set, stops
@@ -15,20 +16,10 @@
 #
 # lv_packages PKG...: installs the missing packages with apt-get.
 
-# (sourced twice: the clock and the failure count are set only the first time)
-: "${LV_T0:=$(date +%s.%N)}" "${failures:=0}"
+# (sourced twice: the clock is set only the first time; tests/lib.sh keeps its counters)
+: "${LV_T0:=$(date +%s.%N)}"
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"   # pass, fail, result, fatal, since, wait_for...
 log() { printf '[%s %6.1f] %s\n' "$LV_TAG" "$(awk -v a="$LV_T0" -v b="$(date +%s.%N)" 'BEGIN{print b-a}')" "$*" >&2; }
-pass() { printf 'PASS\t%s\n' "$1"; }
-fail() { printf 'FAIL\t%s\n' "$1"; failures=$((failures + 1)); }
-check() { # NAME CONDITION-STATUS [DETAIL]
-    if [ "$2" -eq 0 ]; then pass "$1"; else fail "$1"; fi
-    [ -n "${3:-}" ] && log "$([ "$2" -eq 0 ] && echo ok || echo NOT OK): $1: $3"
-    return 0
-}
-fatal() { # NAME DETAIL: a check that makes the rest pointless
-    fail "$1"; log "NOT OK: $1: $2"; exit 1
-}
-since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f s", b-a}'; }
 
 lv_packages() {
     local missing=() p

@@ -31,7 +31,7 @@ NAME=vigil-aarch64-libvirt
 GUEST_MIB=1024
 
 LV_TAG=libvirt-aarch64
-. "$here/lib.sh" functions   # log, pass, fail, check, fatal, since, lv_packages
+. "$here/lib.sh" functions   # log, pass, fail, result, fatal, since, lv_packages
 T0=$LV_T0
 
 [ "$(id -u)" = 0 ] || fatal "aarch64: runs as root" "must run as root (runs its own libvirtd)"
@@ -118,35 +118,26 @@ start() {
 stop_listeners() { local p; for p in "${ev_pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; ev_pids=(); }
 trap 'stop_listeners; cleanup' EXIT
 
-# wait_file FILE REGEX SECONDS
-wait_file() {
-    local end=$(($(date +%s) + $3))
-    while [ "$(date +%s)" -lt "$end" ]; do
-        grep -aEq -- "$2" "$1" 2>/dev/null && return 0
-        sleep 0.3
-    done
-    return 1
-}
 
 domlog=$tmp/root/log/qemu/$NAME.log
 
 # ---- 1. stall ----------------------------------------------------------------------------
 if start stall; then
-    check "aarch64: domain with UEFI (firmware='efi') and both devices started" 0
+    result "aarch64: domain with UEFI (firmware='efi') and both devices started" 0
     cmdline=$(cat "$domlog" 2>/dev/null)
     fw=$(grep -ao -- 'AAVMF[^ ,]*' <<<"$cmdline" | sort -u | tr '\n' ' ')
     grep -q 'AAVMF_CODE.fd' <<<"$cmdline" && grep -q 'vcpu-stall-detector,id=stall' <<<"$cmdline" &&
         grep -q 'pvpanic-mmio' <<<"$cmdline"
-    check "aarch64: libvirt chose AAVMF (pflash) and passed both -device options" $? "firmware: ${fw:-none}"
-    wait_file "$tmp/serial-stall.log" 'vigil-guest: ready' "$TIMEOUT"
-    check "aarch64: the guest boots through UEFI to /init" $? "after $(since "$t_start")"
+    result "aarch64: libvirt chose AAVMF (pflash) and passed both -device options" $? "firmware: ${fw:-none}"
+    wait_for "$TIMEOUT" grep -aEq -- 'vigil-guest: ready' "$tmp/serial-stall.log"
+    result "aarch64: the guest boots through UEFI to /init" $? "after $(since "$t_start")"
     grep -aq 'vigil-guest: firmware acpi' "$tmp/serial-stall.log" &&
         grep -aq 'vigil-guest: bound vcpu_stall_detector PRP0001:00' "$tmp/serial-stall.log" &&
         grep -aq 'vigil-guest: bound pvpanic-mmio QEMU0001:00' "$tmp/serial-stall.log"
-    check "aarch64: under ACPI both drivers bind (PRP0001:00, QEMU0001:00)" $? \
+    result "aarch64: under ACPI both drivers bind (PRP0001:00, QEMU0001:00)" $? \
         "$(grep -a -e 'vigil-guest: bound' -e 'firmware' "$tmp/serial-stall.log" | tr -d '\r' | paste -sd '|' -)"
-    wait_file "$tmp/events-stall.log" "event 'watchdog'" 90
-    check "aarch64: a hard lockup on CPU 1 reaches libvirt as a watchdog event" $? \
+    wait_for 90 grep -aEq -- "event 'watchdog'" "$tmp/events-stall.log"
+    result "aarch64: a hard lockup on CPU 1 reaches libvirt as a watchdog event" $? \
         "$(grep -a "watchdog" "$tmp/events-stall.log" | head -n 3 | paste -sd '|' -)"
     # <watchdog action='dump'/>: QEMU pauses (-action watchdog=pause), libvirt dumps, resumes
     end=$(($(date +%s) + 90)) wdump=
@@ -156,13 +147,13 @@ if start stall; then
         wdump=; sleep 1
     done
     [ -n "$wdump" ]
-    check "aarch64: <watchdog action='dump'/>: libvirt dumps the stalled guest (ELF core in auto_dump_path)" $? \
+    result "aarch64: <watchdog action='dump'/>: libvirt dumps the stalled guest (ELF core in auto_dump_path)" $? \
         "${wdump:-no dump}; QEMU: $(grep -ao -- '-action watchdog=[a-z]*\|-watchdog-action [a-z]*' "$domlog" | head -n1)"
     sleep 1
     n1=$(grep -ac '"cpu-index":1' "$tmp/qmp-stall.log")
     nx=$(grep -a 'VCPU_STALL' "$tmp/qmp-stall.log" | grep -vc '"cpu-index":1')
     [ "$n1" -ge 1 ] && [ "$nx" -eq 0 ]
-    check "aarch64: VCPU_STALL (virsh qemu-monitor-event) names cpu-index 1 only" $? \
+    result "aarch64: VCPU_STALL (virsh qemu-monitor-event) names cpu-index 1 only" $? \
         "$(head -n 2 "$tmp/qmp-stall.log" | paste -sd '|' -)"
     vsh destroy "$NAME" >/dev/null 2>&1
     stop_listeners
@@ -181,9 +172,9 @@ if start panic; then
     done
     log "panic: domain state after $(since "$t_start"): $state"
     grep -aq 'Kernel panic - not syncing' "$tmp/serial-panic.log"
-    check "aarch64: the guest panics (sysrq c)" $?
+    result "aarch64: the guest panics (sysrq c)" $?
     grep -q "lifecycle.*: Crashed Panicked" "$tmp/events-panic.log"
-    check "aarch64: libvirt saw GUEST_PANICKED from pvpanic-mmio (event Crashed Panicked)" $? \
+    result "aarch64: libvirt saw GUEST_PANICKED from pvpanic-mmio (event Crashed Panicked)" $? \
         "$(grep -a lifecycle "$tmp/events-panic.log" | tr -s ' ' | paste -sd '|' -)"
     dumps=("$tmp"/dump/*-"${NAME:0:20}"-*)
     if [ -f "${dumps[0]}" ]; then
@@ -191,13 +182,13 @@ if start panic; then
         size=$(stat -c %s "${dumps[0]}")
         grep -q 'Type:[[:space:]]*CORE' <<<"$hdr" && grep -q 'AArch64' <<<"$hdr" &&
             [ "$size" -ge $((GUEST_MIB * 1024 * 1024)) ]
-        check "aarch64: on_crash coredump-destroy wrote an AArch64 ELF core to auto_dump_path" $? \
+        result "aarch64: on_crash coredump-destroy wrote an AArch64 ELF core to auto_dump_path" $? \
             "$(basename "${dumps[0]}"), $size bytes"
     else
-        check "aarch64: on_crash coredump-destroy wrote an AArch64 ELF core to auto_dump_path" 1 "no dump"
+        result "aarch64: on_crash coredump-destroy wrote an AArch64 ELF core to auto_dump_path" 1 "no dump"
     fi
     [ "$state" = "shut off (crashed)" ]
-    check "aarch64: the domain ended shut off (crashed)" $? "$state"
+    result "aarch64: the domain ended shut off (crashed)" $? "$state"
     stop_listeners
 else
     fail "aarch64: panic domain started"

@@ -50,7 +50,7 @@ NAME=vigil-pvpanic-libvirt
 GUEST_MIB=256
 
 LV_TAG=libvirt-test
-. "$here/lib.sh" functions   # log, pass, fail, check, fatal, since, lv_packages
+. "$here/lib.sh" functions   # log, pass, fail, result, fatal, since, lv_packages
 T0=$LV_T0
 
 [ "$(id -u)" = 0 ] || { log "must run as root (runs its own libvirtd)"; exit 1; }
@@ -114,7 +114,7 @@ defined=1
 xml=$(vsh dumpxml "$NAME")
 panic_xml=$(sed -n "/<panic /,/<\/panic>/p" <<<"$xml")
 grep -q "model='isa'" <<<"$panic_xml" && grep -q "iobase='0x505'" <<<"$panic_xml"
-check "domain defined with <panic model='isa'>" $? "$(tr -s ' \n' ' ' <<<"$panic_xml")"
+result "domain defined with <panic model='isa'>" $? "$(tr -s ' \n' ' ' <<<"$panic_xml")"
 
 # Lifecycle events, for the panic as libvirt saw it.
 virsh -c "$URI" event --all --loop --timestamp >"$tmp/events.log" 2>&1 &
@@ -126,7 +126,7 @@ if ! vsh start "$NAME" >"$tmp/start.out" 2>&1; then
     log "$(cat "$tmp/start.out")"; show_logs
     fatal "domain started" "virsh start failed"
 fi
-check "domain started" 0 "$(cat "$tmp/start.out")"
+result "domain started" 0 "$(cat "$tmp/start.out")"
 
 # ---- 4. checks ---------------------------------------------------------------------------
 domlog=$tmp/root/log/qemu/$NAME.log
@@ -134,17 +134,17 @@ domlog=$tmp/root/log/qemu/$NAME.log
 cmdline=$(cat "$domlog" 2>/dev/null)
 dev=$(grep -ao -- "-device '{\"driver\":\"pvpanic\"[^']*'" <<<"$cmdline")
 [ -n "$dev" ] && grep -q '"ioport":1285' <<<"$dev"
-check "QEMU command line has pvpanic at ioport 1285" $? "${dev:-no pvpanic -device in $domlog}"
+result "QEMU command line has pvpanic at ioport 1285" $? "${dev:-no pvpanic -device in $domlog}"
 grep -q -- '^-no-shutdown' <<<"$cmdline"
-check "QEMU command line has -no-shutdown" $?
+result "QEMU command line has -no-shutdown" $?
 
 deadline=$(($(date +%s) + TIMEOUT))
 ready= panicked= crashed_seen= state=
 while [ "$(date +%s)" -lt "$deadline" ]; do
     [ -z "$ready" ] && grep -aq 'vigil-guest: ready' "$tmp/serial.log" 2>/dev/null \
-        && ready=1 && log "guest ready (pvpanic bound) after $(awk -v a="$t_start" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f s", b-a}')"
+        && ready=1 && log "guest ready (pvpanic bound) after $(since "$t_start")"
     [ -z "$panicked" ] && grep -aq 'Kernel panic - not syncing' "$tmp/serial.log" 2>/dev/null \
-        && panicked=1 && log "guest panicked after $(awk -v a="$t_start" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f s", b-a}')"
+        && panicked=1 && log "guest panicked after $(since "$t_start")"
     state=$(vsh domstate --reason "$NAME" 2>/dev/null)
     case $state in
         "crashed (panicked)") [ -z "$crashed_seen" ] && log "domstate: $state (dump in progress)"; crashed_seen=1 ;;
@@ -157,35 +157,35 @@ log "domain state after $(awk -v a="$t_start" -v b="$t_end" 'BEGIN{printf "%.1f 
 grep -a 'vigil-guest' "$tmp/serial.log" 2>/dev/null | sed 's/^/    serial: /' >&2
 
 [ -n "$ready" ]
-check "guest pvpanic driver bound (vigil-guest: ready)" $?
+result "guest pvpanic driver bound (vigil-guest: ready)" $?
 [ -n "$panicked" ]
-check "guest panicked (sysrq c)" $? "$(grep -a -m1 'Kernel panic - not syncing' "$tmp/serial.log" 2>/dev/null | tr -d '\r')"
+result "guest panicked (sysrq c)" $? "$(grep -a -m1 'Kernel panic - not syncing' "$tmp/serial.log" 2>/dev/null | tr -d '\r')"
 sleep 0.5   # let the event stream catch up
 grep -q "lifecycle.*: Crashed Panicked" "$tmp/events.log"
-check "libvirt saw GUEST_PANICKED (event Crashed Panicked)" $? \
+result "libvirt saw GUEST_PANICKED (event Crashed Panicked)" $? \
     "$(grep -a "lifecycle" "$tmp/events.log" | tr -s ' ' | paste -sd '|' -)"
 
 # libvirt names it <id>-<name cut to 20 characters>-<timestamp> (the "short name").
 dumps=("$tmp"/dump/*-"${NAME:0:20}"-*)
 dump=${dumps[0]}
 if [ -f "$dump" ]; then
-    check "core dump written to auto_dump_path" 0 "$(basename "$dump") (${#dumps[@]} file(s))"
+    result "core dump written to auto_dump_path" 0 "$(basename "$dump") (${#dumps[@]} file(s))"
     hdr=$(readelf -h "$dump" 2>&1)
     rc=$?
     [ $rc -eq 0 ] && grep -q 'Type:[[:space:]]*CORE' <<<"$hdr"
-    check "dump is an ELF core (readelf -h)" $? "$(grep -E 'Class|Type|Machine' <<<"$hdr" | tr -s ' ' | paste -sd ';' -)"
+    result "dump is an ELF core (readelf -h)" $? "$(grep -E 'Class|Type|Machine' <<<"$hdr" | tr -s ' ' | paste -sd ';' -)"
     size=$(stat -c %s "$dump")
     [ "$size" -ge $((GUEST_MIB * 1024 * 1024)) ] && [ "$size" -le $((GUEST_MIB * 1024 * 1024 + 32 * 1024 * 1024)) ]
-    check "dump size ~ guest RAM ($GUEST_MIB MiB)" $? "$size bytes"
+    result "dump size ~ guest RAM ($GUEST_MIB MiB)" $? "$size bytes"
     log "dump program headers: $(readelf -lW "$dump" 2>/dev/null | grep -cE '^ +LOAD') LOAD, $(readelf -lW "$dump" 2>/dev/null | grep -cE '^ +NOTE') NOTE"
 else
-    check "core dump written to auto_dump_path" 1 "nothing in $tmp/dump: $(ls -la "$tmp/dump" | tr '\n' ' ')"
+    result "core dump written to auto_dump_path" 1 "nothing in $tmp/dump: $(ls -la "$tmp/dump" | tr '\n' ' ')"
     fail "dump is an ELF core (readelf -h)"
     fail "dump size ~ guest RAM ($GUEST_MIB MiB)"
 fi
 
 [ "$state" = "shut off (crashed)" ]
-check "domain ended shut off (crashed)" $? "domstate --reason: ${state:-?}"
+result "domain ended shut off (crashed)" $? "domstate --reason: ${state:-?}"
 
 [ "$failures" -eq 0 ] || show_logs
 log "done in $(since "$T0"): $failures failure(s)"

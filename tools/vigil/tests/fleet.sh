@@ -37,7 +37,6 @@ log() { echo "fleet: $*" >&2; }
 # metric PORT SERIES: the value of one series on /metrics (empty if absent)
 metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v s="$2" '$1 == s { print $2 }'; }
 export -f count metric
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 peer() { # SOCKET NAME [--flood N]: a fake QMP peer in the background; sets PEER
     python3 "$here/fakepeer.py" "$@" 2>>"$work/peers.err" &
     PEER=$!

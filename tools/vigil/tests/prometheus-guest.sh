@@ -23,12 +23,6 @@ QEMU_X86=${QEMU_X86_64:-$VIGIL_BUILD/qemu-system-x86_64}
 PROMETHEUS=${PROMETHEUS:-prometheus}
 . "$root/tests/guest/lib.sh"
 
-wait_for() { # SECONDS COMMAND...: polls COMMAND every 0.2 s
-    local t=$1 i; shift
-    for ((i = 0; i < t * 5; i++)); do "$@" && return 0; sleep 0.2; done
-    return 1
-}
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 command -v "$PROMETHEUS" >/dev/null || { fail "setup: prometheus installed (scripts/deps.sh)"; exit 1; }
 [ -x "$QEMU_X86" ] || { fail "setup: QEMU at $QEMU_X86"; exit 1; }
@@ -64,23 +58,6 @@ sys.exit(not any(a["labels"].get("alertname") == sys.argv[2] and a["state"] == "
                  and a["labels"].get("vm") == "panicky" for a in r["data"]["alerts"]))
 EOF
 }
-qmp_cont() {
-    python3 - "$tmp/x86.test.qmp" <<'EOF'
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect(sys.argv[1])
-f = s.makefile("rw"); json.loads(f.readline())
-for c in ("qmp_capabilities", "cont"):
-    f.write(json.dumps({"execute": c}) + "\n"); f.flush()
-    while True:
-        r = json.loads(f.readline())
-        if "event" in r:
-            continue
-        if "error" in r:
-            sys.exit("error: %s" % r["error"])
-        break
-EOF
-}
-
 vport=$(free_port)
 pport=$(free_port)
 mkdir -p "$tmp/dumps" "$tmp/prom-data"
@@ -122,7 +99,7 @@ result "prometheus: the vigil target is up" $?
 wait_for 10 promq_is 'vigil_endpoint_connected{job="vigil",vm="panicky"}' 1
 result "prometheus: vigil_endpoint_connected is 1" $?
 
-qmp_cont || log "cont failed"
+qmp "$tmp/x86.test.qmp" cont >/dev/null || log "cont failed"
 wait_for 180 promq_is "$q_panics" 1
 result "prometheus: the guest's panic is counted (vigil_events_total via the HTTP API)" $?
 wait_for 60 alert_firing GuestPanicked
