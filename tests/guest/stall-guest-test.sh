@@ -37,15 +37,18 @@ ELF=$GUEST_BUILD/stall-guest.elf
 . "$here/lib.sh"
 
 # ---- QMP and serial watcher ------------------------------------------------
-# Connects to QEMU's QMP socket (standard library only), negotiates
-# capabilities, and writes one timeline line per event and per serial line:
+# Connects to QEMU's QMP socket (tests/vigilqmp.py, the shared QMP client on
+# QEMU's qemu.qmp) and writes one timeline line per event and per serial line:
 #   <unix time>\tserial\t<line>
 #   <unix time>\tevent\t<NAME>\t<cpu-index>\t<stage or action>\t<budget-ms>\t<json>
 # Each of those is followed by the CPU time (ns) the vCPU threads have used:
 #   <unix time>\tcputime\t<CPU 0/TCG ns>\t<CPU 1/TCG ns>
-# It exits when QEMU closes the socket.
+# The QMP events also go to <timeline>.qmp. It exits when QEMU closes the socket.
 cat >"$tmp/watch.py" <<'EOF'
-import json, os, select, socket, sys, time
+import json, os, sys, time
+
+sys.path.insert(0, os.environ["VIGIL_TESTS_DIR"])
+import vigilqmp
 
 sock_path, serial_path, out_path, qemu_pid = sys.argv[1:5]
 out = open(out_path, "a", buffering=1)
@@ -73,19 +76,13 @@ def emit(*fields):
     if fields[0] in ("serial", "event"):
         out.write("%.3f\tcputime\t%s\t%s\n" % (now, vcpu_ns("CPU 0/TCG"), vcpu_ns("CPU 1/TCG")))
 
-deadline = time.time() + 30
-while True:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(sock_path)
-        break
-    except OSError:
-        s.close()
-        if time.time() > deadline:
-            sys.exit("watch: cannot connect to " + sock_path)
-        time.sleep(0.02)
+try:
+    qmp = vigilqmp.QMP(sock_path, timeout=30, alive=lambda: os.path.exists("/proc/" + qemu_pid))
+except vigilqmp.QMPError as e:
+    sys.exit("watch: %s" % e)
+qmp_log.write("<- " + json.dumps(qmp.greeting) + "\n-> qmp_capabilities\n")
+emit("qmp", "ready")
 
-buf = b""
 serial_pos, serial_part = 0, b""
 
 def poll_serial():
@@ -104,38 +101,19 @@ def poll_serial():
 
 def handle(msg):
     qmp_log.write("<- " + json.dumps(msg) + "\n")
-    if "event" in msg:
-        d = msg.get("data", {})
-        emit("event", msg["event"], d.get("cpu-index", "-"),
-             d.get("stage", d.get("action", "-")), d.get("budget-ms", "-"),
-             json.dumps(msg))
+    d = msg.get("data", {})
+    emit("event", msg["event"], d.get("cpu-index", "-"),
+         d.get("stage", d.get("action", "-")), d.get("budget-ms", "-"),
+         json.dumps(msg))
 
-def send(cmd):
-    qmp_log.write("-> " + json.dumps(cmd) + "\n")
-    s.sendall(json.dumps(cmd).encode() + b"\n")
-
-sent_caps = False
-while True:
-    r, _, _ = select.select([s], [], [], 0.01)
+while not qmp.closed:
+    msgs = qmp.pull(0.01)
     poll_serial()
-    if not r:
-        continue
-    data = s.recv(65536)
-    if not data:
-        break
-    buf += data
-    *lines, buf = buf.split(b"\n")
-    for line in lines:
-        if not line.strip():
-            continue
-        msg = json.loads(line)
+    for msg in msgs:
         handle(msg)
-        if "QMP" in msg and not sent_caps:
-            send({"execute": "qmp_capabilities"})
-            sent_caps = True
-        elif "return" in msg and sent_caps == True:
-            emit("qmp", "ready")
-            sent_caps = "done"
+for msg in qmp.pull():
+    handle(msg)
+qmp.close()
 poll_serial()
 emit("qmp", "closed")
 EOF
@@ -159,14 +137,14 @@ start_vm() {
         </dev/null >"$tmp/$name.out" 2>"$tmp/$name.err" &
     qpid=$!
     qemu_pids+=("$qpid")
-    python3 "$tmp/watch.py" "$tmp/$name.qmp" "$tmp/$name.serial" "$tl" "$qpid" 2>>"$tmp/$name.err" &
+    VIGIL_TESTS_DIR=$here/.. python3 "$tmp/watch.py" "$tmp/$name.qmp" "$tmp/$name.serial" "$tl" "$qpid" 2>>"$tmp/$name.err" &
     watch_pids+=("$!")
     log "[$name] QEMU pid $qpid, T=$T s, CPU 1 pets=$pets, guest mode $mode${devopts:+, device$devopts}"
 }
 
-# wait_for REGEX SECONDS: first timeline line matching REGEX (grep -E),
+# wait_line REGEX SECONDS: first timeline line matching REGEX (grep -E),
 # waiting up to SECONDS for it
-wait_for() {
+wait_line() {
     local re=$1 end line
     end=$(($(date +%s) + ${2%.*} + 1))
     while :; do
@@ -231,12 +209,12 @@ pass "setup: guest builds"
 # ---- 1. a stall of CPU 1 ---------------------------------------------------
 start_vm stall "$P"
 boot_to=15
-wait_for $'\tserial\tcpu0: PSCI CPU_ON\\(1\\) = 0$' $boot_to >/dev/null &&
-    wait_for $'\tserial\tcpu0: armed' $boot_to >/dev/null &&
-    wait_for $'\tserial\tcpu1: armed' $boot_to >/dev/null
+wait_line $'\tserial\tcpu0: PSCI CPU_ON\\(1\\) = 0$' $boot_to >/dev/null &&
+    wait_line $'\tserial\tcpu0: armed' $boot_to >/dev/null &&
+    wait_line $'\tserial\tcpu1: armed' $boot_to >/dev/null
 result "guest: both CPUs come up (PSCI) and arm their own bank" $?
 
-stop_line=$(wait_for $'\tserial\tcpu1: stop petting' $((P * T / 2 + 15)))
+stop_line=$(wait_line $'\tserial\tcpu1: stop petting' $((P * T / 2 + 15)))
 st=$?
 if [ $st -eq 0 ]; then
     grep -qE $'\tserial\tcpu1: pet '"$P"' ' "$tl"
@@ -248,7 +226,7 @@ warn_ok=1
 if [ -n "$stop_line" ]; then
     t_stop=${stop_line%%$'\t'*}
     # Wait well past the spec (budget + 1 s) so that a late event is measured.
-    warn_line=$(wait_for $'\tevent\tVCPU_STALL\t' $((T + 1 + 8)))
+    warn_line=$(wait_line $'\tevent\tVCPU_STALL\t' $((T + 1 + 8)))
     if [ -n "$warn_line" ]; then
         IFS=$'\t' read -r t_warn _ _ cpu stage budget _ <<<"$warn_line"
         latency=$(awk -v a="$t_warn" -v b="$t_stop" 'BEGIN { printf "%.3f", a - b }')
@@ -286,8 +264,8 @@ fi
 result "stall: the warning comes after $T s (+1 s) of vCPU 1's CPU time" $cpu_ok
 
 # One more budget without a pet: the action, then the WATCHDOG event.
-action_line=$(wait_for $'\tevent\tVCPU_STALL\t1\taction\t' $((T + 1 + 8)))
-wd_line=$(wait_for $'\tevent\tWATCHDOG\t' 2)
+action_line=$(wait_line $'\tevent\tVCPU_STALL\t1\taction\t' $((T + 1 + 8)))
+wd_line=$(wait_line $'\tevent\tWATCHDOG\t' 2)
 act_ok=1
 if [ -n "$action_line" ] && [ -n "$wd_line" ] && [ -n "${t_warn:-}" ]; then
     t_act=${action_line%%$'\t'*}
@@ -318,7 +296,7 @@ log "[stall] events:"; events | cut -f1,3- >&2
 # ---- 2. SIGSTOP of the whole VM must not look like a stall -----------------
 failures_before=$failures
 start_vm sigstop 0
-wait_for $'\tserial\tcpu0: pet 1 ' 15 >/dev/null && wait_for $'\tserial\tcpu1: pet 1 ' 15 >/dev/null
+wait_line $'\tserial\tcpu0: pet 1 ' 15 >/dev/null && wait_line $'\tserial\tcpu1: pet 1 ' 15 >/dev/null
 result "sigstop: both CPUs armed and petting" $?
 
 log "[sigstop] SIGSTOP for $((3 * T)) s (3 budgets)"
@@ -346,14 +324,14 @@ stop_vm
 failures_before=$failures
 start_vm ppi "$PPI_P" ppi
 irq_re=$'\tserial\tcpu1: stall interrupt intid 31$'
-wait_for $'\tserial\tcpu1: GIC: intid 31 \\(PPI 15\\) enabled' 15 >/dev/null
+wait_line $'\tserial\tcpu1: GIC: intid 31 \\(PPI 15\\) enabled' 15 >/dev/null
 result "ppi: CPU 1 enables intid 31 (PPI 15) in its banked GIC registers" $?
-stop_line=$(wait_for $'\tserial\tcpu1: stop petting \\(interrupts unmasked\\)$' $((PPI_P * T / 2 + 15)))
+stop_line=$(wait_line $'\tserial\tcpu1: stop petting \\(interrupts unmasked\\)$' $((PPI_P * T / 2 + 15)))
 st=$?
 [ $st -eq 0 ] && { grep -qE $'\tserial\tcpu1: pet '"$PPI_P"' ' "$tl"; st=$?; }
 result "ppi: CPU 1 pets $PPI_P times, then stops petting with interrupts unmasked" $st
 
-warn_line=$(wait_for $'\tevent\tVCPU_STALL\t' $((T + 1 + 8)))
+warn_line=$(wait_line $'\tevent\tVCPU_STALL\t' $((T + 1 + 8)))
 t_warn=
 if [ -n "$warn_line" ]; then
     IFS=$'\t' read -r t_warn _ _ cpu stage budget _ <<<"$warn_line"
@@ -367,7 +345,7 @@ else
 fi
 result "ppi: VCPU_STALL warning for cpu-index 1" $st
 
-irq_line=$(wait_for "$irq_re" 5)
+irq_line=$(wait_line "$irq_re" 5)
 st=1
 if [ -n "$irq_line" ] && [ -n "$stop_line" ]; then
     log "[ppi] interrupt line on serial $(awk -v a="${irq_line%%$'\t'*}" -v b="${t_warn:-0}" \
@@ -377,7 +355,7 @@ if [ -n "$irq_line" ] && [ -n "$stop_line" ]; then
     [ "$(line_no "$irq_re")" -gt "$(line_no $'\tserial\tcpu1: stop petting')" ] &&
         [ "$(grep -cE -- "$irq_re" "$tl")" -eq 1 ] &&
         ! grep -qE $'\tserial\t.*(unexpected interrupt|EXCEPTION)' "$tl" &&
-        wait_for $'\tserial\tcpu1: back from the stall interrupt' 3 >/dev/null
+        wait_line $'\tserial\tcpu1: back from the stall interrupt' 3 >/dev/null
     st=$?
 else
     log "[ppi] no 'cpu1: stall interrupt intid 31' line on the serial console"
@@ -416,11 +394,11 @@ stop_vm
 # ---- 4. ppi mode with ppi=-1: nothing reaches the guest, the action comes --
 failures_before=$failures
 start_vm ppi-none "$PPI_P" ppi ",ppi=-1"
-stop_line=$(wait_for $'\tserial\tcpu1: stop petting \\(interrupts unmasked\\)$' $((PPI_P * T / 2 + 15)))
+stop_line=$(wait_line $'\tserial\tcpu1: stop petting \\(interrupts unmasked\\)$' $((PPI_P * T / 2 + 15)))
 result "ppi=-1: CPU 1 stops petting with interrupts unmasked" $?
-warn_line=$(wait_for $'\tevent\tVCPU_STALL\t1\twarning\t' $((T + 1 + 8)))
-action_line=$(wait_for $'\tevent\tVCPU_STALL\t1\taction\t' $((T + 1 + 8)))
-wd_line=$(wait_for $'\tevent\tWATCHDOG\t' 2)
+warn_line=$(wait_line $'\tevent\tVCPU_STALL\t1\twarning\t' $((T + 1 + 8)))
+action_line=$(wait_line $'\tevent\tVCPU_STALL\t1\taction\t' $((T + 1 + 8)))
+wd_line=$(wait_line $'\tevent\tWATCHDOG\t' 2)
 sleep 0.3    # let the watcher read what the guest printed meanwhile
 log "[ppi=-1] warning: ${warn_line:+yes}, action: ${action_line:+yes}, WATCHDOG: ${wd_line:+yes}"
 [ -n "$warn_line" ] && [ -n "$action_line" ] && [ -n "$wd_line" ]
