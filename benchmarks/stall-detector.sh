@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 #
 # Benchmarks of vcpu-stall-detector on aarch64 -M virt (TCG) with the
-# bare-metal guest in tests/guest/stall-guest/ (bash + python3 stdlib).
+# bare-metal guest in tests/guest/stall-guest/ (bash, python3; QMP through tests/vigilqmp.py).
 # Prints numbers with an explanation of each; no pass/fail assertions.
 #
 #   1. healthy guest cost: the same healthy 2-vCPU guest with and without

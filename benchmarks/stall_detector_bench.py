@@ -19,18 +19,19 @@ pass/fail verdicts.
   3. latency: K stalls of CPU 1 (interrupts masked) per clock; time from the
      guest's "stop petting" line to the VCPU_STALL warning event.
 """
-import json
 import os
 import queue
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+import vigilqmp  # noqa: E402  (tests/vigilqmp.py, on QEMU's qemu.qmp)
 
 QEMU = os.environ["BENCH_QEMU"]
 ELF = os.environ["BENCH_ELF"]
@@ -159,6 +160,7 @@ class Vm:
         for t in trace:
             args += ["-trace", "enable=" + t]
         self.qmp_path = None
+        self.qmp_thread = None
         if qmp:
             self.qmp_path = os.path.join(TMP, self.name + ".qmp")
             args += ["-qmp", "unix:%s,server=on,wait=off" % self.qmp_path]
@@ -169,7 +171,8 @@ class Vm:
         threading.Thread(target=self._serial, daemon=True).start()
         if qmp:
             self._qmp_connect()
-            threading.Thread(target=self._qmp_reader, daemon=True).start()
+            self.qmp_thread = threading.Thread(target=self._qmp_reader, daemon=True)
+            self.qmp_thread.start()
 
     def _serial(self):
         for raw in self.proc.stdout:
@@ -186,34 +189,14 @@ class Vm:
                 self.cond.notify_all()
 
     def _qmp_connect(self):
-        deadline = time.time() + 30
-        while True:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                self.sock.connect(self.qmp_path)
-                break
-            except OSError:
-                self.sock.close()
-                if time.time() > deadline:
-                    raise RuntimeError("no QMP socket")
-                time.sleep(0.02)
-        self.qf = self.sock.makefile("rw")
-        json.loads(self.qf.readline())
-        self.qf.write(json.dumps({"execute": "qmp_capabilities"}) + "\n")
-        self.qf.flush()
-        while "return" not in json.loads(self.qf.readline()):
-            pass
+        self.qmp = vigilqmp.QMP(self.qmp_path, timeout=30, alive=lambda: self.proc.poll() is None)
 
     def _qmp_reader(self):
-        try:
-            for line in self.qf:
-                now = time.time()
-                msg = json.loads(line)
-                if "event" in msg:
-                    ts = msg["timestamp"]["seconds"] + msg["timestamp"]["microseconds"] / 1e6
-                    self.events.put((now, ts, msg))
-        except (OSError, ValueError):
-            pass
+        # The only user of self.qmp from here on (and of its event loop).
+        while not self.qmp.closed:
+            for msg in self.qmp.pull(0.05):
+                self.events.put((time.time(), vigilqmp.event_time(msg), msg))
+        self.qmp.close()
 
     def wait_line(self, regex, timeout, start=0):
         """(index, time, line, sample) of the first serial line from index
@@ -255,6 +238,8 @@ class Vm:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.qmp_thread is not None:
+            self.qmp_thread.join(10)     # it sees QEMU hang up and closes the session
         self.err.close()
 
     def stderr_text(self):

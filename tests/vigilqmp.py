@@ -70,7 +70,8 @@ _open = weakref.WeakSet()       # sessions a script did not close: closed at exi
 @atexit.register
 def _close_all():
     for q in list(_open):
-        q.close()
+        if not q._loop.is_running():      # (one that another thread is using is left alone)
+            q.close()
 
 
 class QMPError(RuntimeError):
