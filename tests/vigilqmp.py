@@ -20,8 +20,9 @@ Command line (for shell scripts):
     vigilqmp.py SOCKET --greeting [SECONDS]  print the greeting (no negotiation;
                                              fails after SECONDS, default 20)
 
-`qemu.qmp` is found on sys.path (PYTHONPATH, tests/lib.sh sets it) or in the
-patched QEMU tree: $VIGIL_QEMU_PYTHON, $VIGIL_SRC/python, the tree named by
+`qemu.qmp` is taken from sys.path when it is there (PYTHONPATH, or the
+package installed from PyPI), else from the patched QEMU tree:
+$VIGIL_QEMU_PYTHON, $VIGIL_SRC/python, the tree named by
 ${VIGIL_CACHE:-~/.cache/vigil}/src-path, or $VIGIL_CACHE/qemu-*/python.
 """
 
