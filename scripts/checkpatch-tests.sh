@@ -5,6 +5,7 @@
 # "PASS<TAB>name" or "FAIL<TAB>name" per check; details go to stderr.
 set -uo pipefail
 . "$(dirname "$0")/common.sh"
+. "$VIGIL_ROOT/tests/lib.sh"    # check, pass, fail
 
 VIGIL_SRC=$(cat "$VIGIL_CACHE/src-path" 2>/dev/null || echo "$VIGIL_SRC")
 CHECKPATCH=$VIGIL_SRC/scripts/checkpatch.pl
@@ -16,16 +17,12 @@ no_errors() { # ARGS...: checkpatch.pl ARGS: a "total: 0 errors" line per file, 
     grep -E '^(ERROR|WARNING)|^total:' <<<"$out"
     grep -q '^total: 0 errors' <<<"$out" && ! grep -E '^total: [1-9][0-9]* errors' <<<"$out" >/dev/null
 }
-check() { # NAME COMMAND...: passes when COMMAND succeeds
-    local name=$1; shift
-    if "$@" >&2; then printf 'PASS\t%s\n' "$name"; else printf 'FAIL\t%s\n' "$name"; fi
-}
 
 cd "$VIGIL_ROOT" || exit 1
 for p in patches/*.patch; do
     grep -q '^diff --git ' "$p" || continue    # the cover letter
-    check "checkpatch: $(basename "$p")" no_errors "$p"
+    check "checkpatch: $(basename "$p")" "" no_errors "$p"
 done
 mapfile -t sources < <(git ls-files -- 'hw/*.c' 'include/*.h' 'tests/qtest/*.c' 'tests/qtest/*.h')
-check "checkpatch: our C sources (${#sources[@]} files: hw/, include/, tests/qtest/)" \
+check "checkpatch: our C sources (${#sources[@]} files: hw/, include/, tests/qtest/)" "" \
     no_errors -f "${sources[@]}"

@@ -15,15 +15,12 @@
 # Prints "PASS<TAB>name" or "FAIL<TAB>name" per check.
 set -uo pipefail
 . "$(dirname "$0")/common.sh"
+. "$VIGIL_ROOT/tests/lib.sh"    # check, pass, fail
 
 VIGIL_SRC=$(cat "$VIGIL_CACHE/src-path" 2>/dev/null || echo "$VIGIL_SRC")
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-check() { # NAME COMMAND...: passes when COMMAND succeeds
-    local name=$1; shift
-    if "$@" >&2; then printf 'PASS\t%s\n' "$name"; else printf 'FAIL\t%s\n' "$name"; fi
-}
 
 # Our pages and the toctree (in QEMU's docs/) that lists each
 pages=(system/devices/pvpanic system/devices/vcpu-stall-detector specs/vcpu-stall-detector
@@ -63,7 +60,7 @@ root_doc = master_doc = "index"
 PY
     sphinx-build -W --keep-going -n -q -b html -d "$tmp/doctrees" "$src" "$tmp/html" 2>&1
 }
-check "docs: Sphinx -W -n builds our pages with QEMU's conf.py (no warning)" sphinx_strict
+check "docs: Sphinx -W -n builds our pages with QEMU's conf.py (no warning)" "" sphinx_strict
 
 in_toctree() { # PAGE INDEX: INDEX (under QEMU's docs/) has PAGE in a toctree
     local page=$1 index=$VIGIL_SRC/docs/$2 dir entry
@@ -74,7 +71,7 @@ in_toctree() { # PAGE INDEX: INDEX (under QEMU's docs/) has PAGE in a toctree
         END { exit !found }' "$index" || { echo "$page is in no toctree of $index"; return 1; }
 }
 for p in "${pages[@]}"; do
-    check "docs: QEMU's docs/${toctree[$p]} lists $p in its toctree" in_toctree "$p" "${toctree[$p]}"
+    check "docs: QEMU's docs/${toctree[$p]} lists $p in its toctree" "" in_toctree "$p" "${toctree[$p]}"
 done
 
 # QEMU's manual, whole. Its inputs: docs/, the QAPI schema, the .hx files,
@@ -101,4 +98,4 @@ qemu_manual() {
     [ -f "$DOCS_BUILD/html/system/devices/vcpu-stall-detector.html" ] || { echo "no page for the stall detector"; return 1; }
     echo "$h" > "$DOCS_BUILD/.clean-hash"
 }
-check "docs: QEMU's whole manual (patched tree) builds with Sphinx -W, as --enable-docs" qemu_manual
+check "docs: QEMU's whole manual (patched tree) builds with Sphinx -W, as --enable-docs" "" qemu_manual

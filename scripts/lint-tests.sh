@@ -13,12 +13,9 @@
 # Prints "PASS<TAB>name" or "FAIL<TAB>name" per check; details go to stderr.
 set -uo pipefail
 . "$(dirname "$0")/common.sh"
+. "$VIGIL_ROOT/tests/lib.sh"    # check, pass, fail
 
 VIGIL_SRC=$(cat "$VIGIL_CACHE/src-path" 2>/dev/null || echo "$VIGIL_SRC")
-check() { # NAME COMMAND...: passes when COMMAND succeeds
-    local name=$1; shift
-    if "$@" >&2; then printf 'PASS\t%s\n' "$name"; else printf 'FAIL\t%s\n' "$name"; fi
-}
 cd "$VIGIL_ROOT" || exit 1
 # (not the build.rs links to QEMU's rust/util/build.rs, which QEMU's crates share)
 mapfile -t ours < <(git ls-files -s -- 'rust/*.rs' | awk '$1 != "120000" { print $4 }')
@@ -81,7 +78,7 @@ sys.exit(1 if bad or not ours else 0)
 PY
 }
 
-check "clippy (ninja clippy, QEMU's lints): nothing in our crates" clippy_ours
-check "rustfmt (QEMU's rustfmt.toml): our ${#ours[@]} Rust files" rustfmt_ours
-check "unsafe: every unsafe block and impl of ours has a // SAFETY: comment" unsafe_ours
-check "crates: members of QEMU's Cargo workspace, [lints] workspace = true" workspace_ours
+check "clippy (ninja clippy, QEMU's lints): nothing in our crates" "" clippy_ours
+check "rustfmt (QEMU's rustfmt.toml): our ${#ours[@]} Rust files" "" rustfmt_ours
+check "unsafe: every unsafe block and impl of ours has a // SAFETY: comment" "" unsafe_ours
+check "crates: members of QEMU's Cargo workspace, [lints] workspace = true" "" workspace_ours

@@ -6,18 +6,15 @@
 # "PASS<TAB>name" or "FAIL<TAB>name" per check; details go to stderr.
 set -uo pipefail
 . "$(dirname "$0")/common.sh"
+. "$VIGIL_ROOT/tests/lib.sh"
 
 B=${VIGIL_BUILD_NORUST:-$VIGIL_CACHE/build-norust}
 A64=$B/qemu-system-aarch64
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-check() { # NAME COMMAND...: passes when COMMAND succeeds
-    local name=$1; shift
-    if "$@" >&2; then printf 'PASS\t%s\n' "$name"; else printf 'FAIL\t%s\n' "$name"; fi
-}
 
-check "no-Rust: configure --disable-rust and build qemu-system-aarch64" \
+check "no-Rust: configure --disable-rust and build qemu-system-aarch64" "" \
     "$VIGIL_ROOT/scripts/build-norust.sh"
 
 # The configuration: C pvpanic devices, no Rust device, no stall detector
@@ -30,13 +27,13 @@ no_rust_config() {
 o = {o["name"]: o["value"] for o in json.load(open(sys.argv[1]))}
 sys.exit(o.get("rust") != "disabled")' "$B/meson-info/intro-buildoptions.json" || { echo "rust not disabled in $B"; return 1; }
 }
-check "no-Rust: Kconfig selects the C pvpanic devices and no stall detector" no_rust_config
+check "no-Rust: Kconfig selects the C pvpanic devices and no stall detector" "" no_rust_config
 
 virt_starts() {
     local out
     out=$(echo quit | timeout 30 "$A64" -M virt -display none -S -monitor stdio 2>&1) || { echo "QEMU failed: $out"; return 1; }
 }
-check "no-Rust: -M virt starts and quits" virt_starts
+check "no-Rust: -M virt starts and quits" "" virt_starts
 
 no_stall_detector() {
     local out
@@ -44,14 +41,15 @@ no_stall_detector() {
         { echo "QEMU started with -device vcpu-stall-detector"; return 1; }
     grep -q "'vcpu-stall-detector' is not a valid device model name" <<<"$out" || { echo "got: $out"; return 1; }
 }
-check "no-Rust: -device vcpu-stall-detector is refused (not a valid device model name)" no_stall_detector
+check "no-Rust: -device vcpu-stall-detector is refused (not a valid device model name)" "" no_stall_detector
 
 # pvpanic-mmio, QEMU's C device, on virt's platform bus (first dynamic device
 # at its base, 0x0c000000): features read back, a panic write raises
 # GUEST_PANICKED and pauses the guest (-action panic=pause).
 pvpanic_mmio_panics() {
     python3 - "$A64" "$tmp/qmp.sock" <<'PY'
-import json, socket, subprocess, sys, time
+import subprocess, sys, time
+import vigilqmp
 qemu, sock = sys.argv[1], sys.argv[2]
 p = subprocess.Popen([qemu, '-M', 'virt', '-accel', 'qtest', '-display', 'none',
                       '-device', 'pvpanic-mmio', '-action', 'panic=pause',
@@ -70,25 +68,17 @@ try:
     print('pvpanic-mmio features:', feat, file=sys.stderr)
     if not feat.startswith('OK') or int(feat.split()[1], 16) & 1 == 0:
         sys.exit(f'no pvpanic features at 0x0c000000: {feat}')
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(sock)
-    f = s.makefile('rw')
-    f.readline()
+    mon = vigilqmp.QMP(sock, alive=lambda: p.poll() is None)
     events = []
-    def qmp(cmd):
-        f.write(json.dumps({'execute': cmd}) + '\n'); f.flush()
-        while True:
-            m = json.loads(f.readline())
-            if 'event' in m:
-                print('event:', m['event'], m.get('data'), file=sys.stderr)
-                events.append(m['event'])
-                continue
-            return m
-    qmp('qmp_capabilities')
+    def status():
+        for e in mon.pull():
+            print('event:', e['event'], e.get('data'), file=sys.stderr)
+            events.append(e['event'])
+        return mon.cmd('query-status')['status']
     print(qt('writeb 0xc000000 0x1'), file=sys.stderr)
     for _ in range(50):
-        st = qmp('query-status')['return']['status']
-        if st == 'guest-panicked':
+        st = status()
+        if st == 'guest-panicked' and 'GUEST_PANICKED' in events:
             break
         time.sleep(0.1)
     print('status:', st, file=sys.stderr)
@@ -97,7 +87,7 @@ finally:
     p.kill()
 PY
 }
-check "no-Rust: -device pvpanic-mmio (C) on virt: a panic write gives GUEST_PANICKED" pvpanic_mmio_panics
+check "no-Rust: -device pvpanic-mmio (C) on virt: a panic write gives GUEST_PANICKED" "" pvpanic_mmio_panics
 
 # It is QEMU's C device that is linked (its functions, in the symbol table)
 c_pvpanic_linked() {
@@ -108,7 +98,7 @@ c_pvpanic_linked() {
     # the device's C helpers (hw/misc/vcpu-stall-detector-host.c) come only with it
     ! grep -qw vcpu_stall_detector_current_cpu <<<"$syms" || { echo "stall detector helpers in $A64"; return 1; }
 }
-check "no-Rust: QEMU's C pvpanic-mmio.c and pvpanic.c are linked, no stall detector" c_pvpanic_linked
+check "no-Rust: QEMU's C pvpanic-mmio.c and pvpanic.c are linked, no stall detector" "" c_pvpanic_linked
 
 # Migration from C to Rust: the whole virt machine with the C pvpanic-pci of
 # this build migrates to the Rust-built QEMU (our pvpanic-pci), and the
@@ -123,26 +113,11 @@ c_to_rust_migration() {
         -qmp "unix:$d/src.qmp,server=on,wait=off" 2>"$d/src.err" &
     local spid=$! rc=0
     python3 - "$d" <<'PY' || rc=1
-import json, socket, sys, time
+import sys, time
+import vigilqmp
 d = sys.argv[1]
-def conn(path):
-    for _ in range(100):
-        try:
-            s = socket.socket(socket.AF_UNIX); s.connect(path); break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        sys.exit("cannot connect to " + path)
-    f = s.makefile("rw"); f.readline()
-    def cmd(name, **args):
-        f.write(json.dumps({"execute": name, "arguments": args}) + "\n"); f.flush()
-        while True:
-            m = json.loads(f.readline())
-            if "return" in m or "error" in m:
-                return m
-    cmd("qmp_capabilities")
-    return cmd
-dst = conn(d + "/dst.qmp"); src = conn(d + "/src.qmp")
+dst = vigilqmp.QMP(d + "/dst.qmp").reply
+src = vigilqmp.QMP(d + "/src.qmp").reply
 # the source really has C's device: the Rust build's pvpanic-pci is not in it
 src("migrate", uri="unix:%s/mig.sock" % d)
 for _ in range(300):
@@ -163,4 +138,4 @@ PY
     cat "$d/src.err" "$d/dst.err"; rm -rf "$d"
     return $rc
 }
-check "C to Rust: virt with the C pvpanic-pci (this build) migrates to the Rust-built QEMU" c_to_rust_migration
+check "C to Rust: virt with the C pvpanic-pci (this build) migrates to the Rust-built QEMU" "" c_to_rust_migration
