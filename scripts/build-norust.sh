@@ -11,17 +11,8 @@ VIGIL_SRC=$(cat "$VIGIL_CACHE/src-path" 2>/dev/null || echo "$VIGIL_SRC")
 VIGIL_BUILD_NORUST=${VIGIL_BUILD_NORUST:-$VIGIL_CACHE/build-norust}
 # As scripts/build.sh, but --disable-rust and aarch64 only
 vigil_configure_args disable aarch64-softmmu
-mkdir -p "$VIGIL_BUILD_NORUST"
-stamp=$VIGIL_BUILD_NORUST/.vigil-configure
-want="$VIGIL_SRC ${CONFIGURE_ARGS[*]}"
-if [ ! -f "$VIGIL_BUILD_NORUST/build.ninja" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    t0=$(now)
-    log "configure without Rust (in $VIGIL_BUILD_NORUST)"
-    (cd "$VIGIL_BUILD_NORUST" && "$VIGIL_SRC/configure" "${CONFIGURE_ARGS[@]}") > "$VIGIL_BUILD_NORUST/vigil-configure.log" 2>&1 ||
-        { tail -n 30 "$VIGIL_BUILD_NORUST/vigil-configure.log"; die "configure failed (log: $VIGIL_BUILD_NORUST/vigil-configure.log)"; }
-    echo "$want" > "$stamp"
-    log "configure took $(elapsed "$t0")"
-fi
+vigil_configure "$VIGIL_SRC" "$VIGIL_BUILD_NORUST" ||
+    die "configure failed (log: $VIGIL_BUILD_NORUST/vigil-configure.log)"
 
 t0=$(now)
 log "ninja (no Rust): qemu-system-aarch64"

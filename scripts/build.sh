@@ -6,17 +6,8 @@ set -euo pipefail
 
 VIGIL_SRC=$(cat "$VIGIL_CACHE/src-path" 2>/dev/null || echo "$VIGIL_SRC")
 vigil_configure_args enable "$VIGIL_TARGETS"
-mkdir -p "$VIGIL_BUILD"
-stamp=$VIGIL_BUILD/.vigil-configure
-want="$VIGIL_SRC ${CONFIGURE_ARGS[*]}"
-if [ ! -f "$VIGIL_BUILD/build.ninja" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    t0=$(now)
-    log "configure (in $VIGIL_BUILD)"
-    (cd "$VIGIL_BUILD" && "$VIGIL_SRC/configure" "${CONFIGURE_ARGS[@]}") > "$VIGIL_BUILD/vigil-configure.log" 2>&1 ||
-        { tail -n 30 "$VIGIL_BUILD/vigil-configure.log"; die "configure failed (log: $VIGIL_BUILD/vigil-configure.log)"; }
-    echo "$want" > "$stamp"
-    log "configure took $(elapsed "$t0")"
-fi
+vigil_configure "$VIGIL_SRC" "$VIGIL_BUILD" ||
+    die "configure failed (log: $VIGIL_BUILD/vigil-configure.log)"
 
 t0=$(now)
 log "ninja: qemu-system-aarch64 qemu-system-x86_64"

@@ -31,6 +31,23 @@ vigil_configure_args() {
     )
 }
 
+# vigil_configure SRC DIR: configure QEMU tree SRC in build directory DIR with
+# CONFIGURE_ARGS, unless DIR was configured so already (its .vigil-configure
+# stamp). The output goes to DIR/vigil-configure.log; on failure its end is
+# shown and the status is 1.
+vigil_configure() {
+    local src=$1 dir=$2 want t0
+    want="$src ${CONFIGURE_ARGS[*]}"
+    mkdir -p "$dir"
+    [ -f "$dir/build.ninja" ] && [ "$(cat "$dir/.vigil-configure" 2>/dev/null)" = "$want" ] && return 0
+    t0=$(now)
+    log "configure (in $dir)"
+    (cd "$dir" && "$src/configure" "${CONFIGURE_ARGS[@]}") > "$dir/vigil-configure.log" 2>&1 ||
+        { tail -n 30 "$dir/vigil-configure.log" >&2; return 1; }
+    echo "$want" > "$dir/.vigil-configure"
+    log "configure took $(elapsed "$t0")"
+}
+
 log() { printf '\033[1m[vigil]\033[0m %s\n' "$*" >&2; }
 die() { printf '[vigil] error: %s\n' "$*" >&2; exit 1; }
 now() { date +%s.%N; }

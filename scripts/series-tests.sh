@@ -66,16 +66,10 @@ apply_series() {
 }
 
 build_step() { # RUST(enable|disable) COMMIT-SUBJECT
-    local dir=$S/build-$1 t0 want
+    local dir=$S/build-$1 t0
     vigil_configure_args "$1" "$targets"
-    mkdir -p "$dir"
-    want="$src ${CONFIGURE_ARGS[*]}"
     t0=$(now)
-    if [ ! -f "$dir/build.ninja" ] || [ "$(cat "$dir/.vigil-configure" 2>/dev/null)" != "$want" ]; then
-        (cd "$dir" && "$src/configure" "${CONFIGURE_ARGS[@]}") > "$dir/vigil-configure.log" 2>&1 ||
-            { tail -n 30 "$dir/vigil-configure.log"; return 1; }
-        echo "$want" > "$dir/.vigil-configure"
-    fi
+    vigil_configure "$src" "$dir" || return 1
     ninja -C "$dir" > "$dir/vigil-ninja.log" 2>&1 || { grep -E -A8 'FAILED|error' "$dir/vigil-ninja.log" | head -n 60; return 1; }
     echo "--$1-rust: $2: built in $(elapsed "$t0")"
 }
