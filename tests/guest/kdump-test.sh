@@ -38,16 +38,12 @@ root=$(cd "$here/../.." && pwd)
 QEMU_A64=${QEMU_AARCH64:-$VIGIL_BUILD/qemu-system-aarch64}
 . "$here/lib.sh"
 
-"$QEMU_A64" --version >/dev/null 2>&1 || { log "QEMU not usable: $QEMU_A64"; fail "setup: QEMU binary runs"; exit 1; }
+qemu_runs "setup: QEMU binary runs" "$QEMU_A64"
 BOOTS=${KDUMP_BOOT:-dt uefi}
 if [[ " $BOOTS " == *" uefi "* ]] && [ ! -f /usr/share/AAVMF/AAVMF_CODE.fd ]; then
     fail "setup: AAVMF firmware installed"; exit 1
 fi
-if ! GUEST_KERNELS=arm64 "$root/scripts/guest-kernels.sh" >"$tmp/guests.env" 2>"$tmp/guests.log"; then
-    tail -n 30 "$tmp/guests.log" >&2
-    fail "setup: scripts/guest-kernels.sh prepares the arm64 guest"
-    exit 1
-fi
+guest_kernels arm64 "setup: scripts/guest-kernels.sh prepares the arm64 guest"
 . "$tmp/guests.env"
 [ -s "${ARM64_KDUMP_INITRD:-}" ] || { fail "setup: the kdump initramfs exists"; exit 1; }
 

@@ -7,6 +7,27 @@
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 tmp=$(mktemp -d)
+
+# qemu_runs CHECK-NAME BINARY...: each QEMU binary runs (--version); else
+# FAIL CHECK-NAME and exit 1.
+qemu_runs() {
+    local name=$1 q; shift
+    for q in "$@"; do
+        "$q" --version >/dev/null 2>&1 || { log "QEMU not usable: $q"; fail "$name"; exit 1; }
+    done
+}
+
+# guest_kernels KERNELS CHECK-NAME: scripts/guest-kernels.sh for KERNELS
+# ("x86_64", "arm64" or both) writes the guests' variables to
+# $tmp/guests.env (its log: $tmp/guests.log); on failure, the end of the log,
+# FAIL CHECK-NAME and exit 1.
+guest_kernels() {
+    GUEST_KERNELS=$1 "$VIGIL_TESTS/../scripts/guest-kernels.sh" >"$tmp/guests.env" 2>"$tmp/guests.log" &&
+        return 0
+    tail -n 30 "$tmp/guests.log" >&2
+    fail "$2"
+    exit 1
+}
 qemu_pids=()
 watch_pids=()
 

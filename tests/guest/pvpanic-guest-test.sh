@@ -219,19 +219,13 @@ log "preparing the guests (scripts/guest-kernels.sh; the first run builds an arm
 kernels=
 case " $TESTS " in *" x86 "*) kernels="x86_64" ;; esac
 case " $TESTS " in *" arm64 "*|*" stall "*) kernels="$kernels arm64" ;; esac
-if ! GUEST_KERNELS="$kernels" "$root/scripts/guest-kernels.sh" >"$tmp/guests.env" 2>"$tmp/guests.log"; then
-    cat "$tmp/guests.log" >&2
-    fail "setup: scripts/guest-kernels.sh prepares the guests"
-    exit 1
-fi
+guest_kernels "$kernels" "setup: scripts/guest-kernels.sh prepares the guests"
 grep -a '\[vigil\]' "$tmp/guests.log" | sed 's/\x1b\[[0-9;]*m//g' >&2
 X86_KERNEL= X86_INITRD= ARM64_KERNEL= ARM64_INITRD=
 while IFS='=' read -r k v; do
     case $k in X86_KERNEL|X86_INITRD|ARM64_KERNEL|ARM64_INITRD) printf -v "$k" '%s' "$v" ;; esac
 done <"$tmp/guests.env"
-for q in "$QEMU_X86" "$QEMU_A64"; do
-    "$q" --version >/dev/null 2>&1 || { log "QEMU not usable: $q"; fail "setup: QEMU binaries run"; exit 1; }
-done
+qemu_runs "setup: QEMU binaries run" "$QEMU_X86" "$QEMU_A64"
 
 for t in $TESTS; do
     case $t in

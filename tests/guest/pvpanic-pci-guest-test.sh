@@ -34,11 +34,7 @@ want() { case " $TESTS " in *" $1 "*) return 0 ;; esac; return 1; }
 kernels=
 { want x86 || want vigil; } && kernels=x86_64
 { want arm64 || want uefi; } && kernels="$kernels arm64"
-if ! GUEST_KERNELS="$kernels" "$root/scripts/guest-kernels.sh" >"$tmp/guests.env" 2>"$tmp/guests.log"; then
-    tail -n 30 "$tmp/guests.log" >&2
-    fail "setup: scripts/guest-kernels.sh prepares the guests"
-    exit 1
-fi
+guest_kernels "$kernels" "setup: scripts/guest-kernels.sh prepares the guests"
 X86_KERNEL= X86_INITRD= ARM64_KERNEL= ARM64_INITRD=
 while IFS='=' read -r k v; do
     case $k in X86_KERNEL|X86_INITRD|ARM64_KERNEL|ARM64_INITRD) printf -v "$k" '%s' "$v" ;; esac

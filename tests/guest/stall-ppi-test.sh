@@ -27,12 +27,8 @@ root=$(cd "$here/../.." && pwd)
 QEMU_A64=${QEMU_AARCH64:-$VIGIL_BUILD/qemu-system-aarch64}
 . "$here/lib.sh"
 
-"$QEMU_A64" --version >/dev/null 2>&1 || { log "QEMU not usable: $QEMU_A64"; fail "setup: QEMU binary runs"; exit 1; }
-if ! GUEST_KERNELS=arm64 "$root/scripts/guest-kernels.sh" >"$tmp/guests.env" 2>"$tmp/guests.log"; then
-    tail -n 30 "$tmp/guests.log" >&2
-    fail "setup: scripts/guest-kernels.sh prepares the arm64 guest"
-    exit 1
-fi
+qemu_runs "setup: QEMU binary runs" "$QEMU_A64"
+guest_kernels arm64 "setup: scripts/guest-kernels.sh prepares the arm64 guest"
 . "$tmp/guests.env"
 [ "${ARM64_STALL_PATCHED:-no}" = yes ] || { fail "setup: the patched stall driver was built"; exit 1; }
 

@@ -37,12 +37,8 @@ BOOT_TIMEOUT=${UEFI_BOOT_TIMEOUT:-240}
 for f in /usr/share/AAVMF/AAVMF_CODE.fd /usr/share/AAVMF/AAVMF_VARS.fd; do
     [ -f "$f" ] || { log "missing $f (Debian package qemu-efi-aarch64; scripts/deps.sh)"; fail "setup: AAVMF firmware installed"; exit 1; }
 done
-"$QEMU_A64" --version >/dev/null 2>&1 || { log "QEMU not usable: $QEMU_A64"; fail "setup: QEMU binary runs"; exit 1; }
-if ! GUEST_KERNELS=arm64 "$root/scripts/guest-kernels.sh" >"$tmp/guests.env" 2>"$tmp/guests.log"; then
-    tail -n 30 "$tmp/guests.log" >&2
-    fail "setup: scripts/guest-kernels.sh prepares the arm64 guest"
-    exit 1
-fi
+qemu_runs "setup: QEMU binary runs" "$QEMU_A64"
+guest_kernels arm64 "setup: scripts/guest-kernels.sh prepares the arm64 guest"
 . "$tmp/guests.env"
 
 VIGIL_GUEST_DIR=$here python3 - "$QEMU_A64" "$tmp" "$ARM64_KERNEL" "$ARM64_INITRD" "$BOOT_TIMEOUT" <<'EOF_PY'

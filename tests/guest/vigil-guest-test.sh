@@ -38,8 +38,7 @@ is_elf_core() {
 }
 
 # ---- 1. x86 panic, coredump-restart -------------------------------------------
-GUEST_KERNELS=x86_64 "$root/scripts/guest-kernels.sh" >"$tmp/guests.env" 2>"$tmp/guests.log" ||
-    { tail -n 20 "$tmp/guests.log" >&2; fail "setup: scripts/guest-kernels.sh (x86_64)"; exit 1; }
+guest_kernels x86_64 "setup: scripts/guest-kernels.sh (x86_64)"
 X86_KERNEL=$(sed -n 's/^X86_KERNEL=//p' "$tmp/guests.env")
 X86_INITRD=$(sed -n 's/^X86_INITRD=//p' "$tmp/guests.env")
 
