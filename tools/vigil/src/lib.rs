@@ -22,6 +22,7 @@ pub mod fleet;
 pub mod hooks;
 pub mod log;
 pub mod metrics;
+pub mod peer;
 pub mod policy;
 pub mod qmp;
 pub mod queue;

@@ -20,6 +20,8 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
+use std::mem;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,11 +29,12 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader, Interest};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
-use crate::endpoint::{Endpoint, ReadHalf, WriteHalf};
+use crate::endpoint::{ConnectError, Endpoint, ReadHalf, WriteHalf, Writer};
+use crate::peer::{Expect, Peer, Refusal};
 use crate::queue::Queue;
 
 /// The session's view of a connection's notices.
@@ -65,6 +68,13 @@ pub struct MemorySizeSummary {
     pub plugged_memory: u64,
 }
 
+impl MemorySizeSummary {
+    /// Base plus plugged memory; `None` if the peer's numbers overflow.
+    pub fn total(&self) -> Option<u64> {
+        self.base_memory.checked_add(self.plugged_memory)
+    }
+}
+
 /// `query-dump-guest-memory-capability`
 #[derive(Debug, Deserialize)]
 pub struct DumpCapability {
@@ -89,8 +99,14 @@ pub struct DumpCompleted {
 }
 
 /// Longest line accepted from the server; longer ones are dropped (and
-/// reported), the connection goes on.
+/// reported), the connection goes on. No more than this is buffered for one
+/// message. libvirt caps a monitor reply at 10 MiB; vigil's own replies are
+/// small, so its cap is lower.
 pub const MAX_LINE: usize = 1 << 20;
+const _: () = assert!(MAX_LINE <= 10 << 20);
+
+/// How much of the start of an overlong line is kept for its report.
+pub const SKIPPED_HEAD: usize = 256;
 
 /// A QMP event, kept generic: name, `data` (or `{}`), and QEMU's time stamp.
 #[derive(Clone, Debug, PartialEq)]
@@ -129,6 +145,10 @@ pub enum QmpError {
         command: String,
         error: String,
     },
+    /// vigil refused the peer (`peer.rs`): nothing was said to it.
+    Refused(Refusal),
+    /// The connection cannot carry a descriptor (why).
+    NoFdPassing(&'static str),
 }
 
 impl fmt::Display for QmpError {
@@ -142,6 +162,8 @@ impl fmt::Display for QmpError {
             QmpError::Decode { command, error } => {
                 write!(f, "unexpected answer to {command}: {error}")
             }
+            QmpError::Refused(r) => write!(f, "peer refused ({}): {r}", r.reason()),
+            QmpError::NoFdPassing(why) => f.write_str(why),
         }
     }
 }
@@ -151,6 +173,15 @@ impl std::error::Error for QmpError {}
 impl From<io::Error> for QmpError {
     fn from(e: io::Error) -> Self {
         QmpError::Io(e)
+    }
+}
+
+impl From<ConnectError> for QmpError {
+    fn from(e: ConnectError) -> Self {
+        match e {
+            ConnectError::Io(e) => QmpError::Io(e),
+            ConnectError::Refused(r) => QmpError::Refused(r),
+        }
     }
 }
 
@@ -172,7 +203,8 @@ struct Shared {
 
 /// A negotiated QMP connection. Dropping it closes the connection.
 pub struct Client {
-    writer: tokio::sync::Mutex<WriteHalf>,
+    writer: tokio::sync::Mutex<Writer>,
+    peer: Peer,
     shared: Arc<Shared>,
     next_id: AtomicU64,
     reader: AbortHandle,
@@ -197,14 +229,16 @@ pub enum Line {
 }
 
 /// Reads one `\n`-terminated line into `buf`, keeping at most `max` bytes:
-/// a longer line is consumed and reported, never buffered whole. A last line
-/// without newline before EOF counts as a line.
+/// a longer line is consumed and reported, never buffered whole (`buf` then
+/// holds its first [`SKIPPED_HEAD`] bytes, for the report). `buf` never
+/// grows past `max`. A last line without newline before EOF counts as a line.
 pub async fn read_line<R: AsyncBufRead + Unpin>(
     r: &mut R,
     buf: &mut Vec<u8>,
     max: usize,
 ) -> io::Result<Line> {
     buf.clear();
+    // the length of an overlong line so far; 0 while within the limit
     let mut skipped = 0usize;
     loop {
         let avail = r.fill_buf().await?;
@@ -222,10 +256,20 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(
             None => (avail, avail.len()),
         };
         if skipped == 0 && buf.len() + chunk.len() <= max {
+            reserve_within(buf, chunk.len(), max);
             buf.extend_from_slice(chunk);
         } else {
-            skipped += buf.len() + chunk.len();
-            buf.clear();
+            if skipped == 0 {
+                // over the limit: keep the head only
+                skipped = buf.len();
+                let keep = SKIPPED_HEAD.min(max);
+                if buf.len() < keep {
+                    let more = (keep - buf.len()).min(chunk.len());
+                    buf.extend_from_slice(&chunk[..more]);
+                }
+                buf.truncate(keep);
+            }
+            skipped = skipped.saturating_add(chunk.len());
         }
         let newline = done > chunk.len();
         r.consume(done);
@@ -239,22 +283,46 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(
     }
 }
 
+/// Makes room for `more` bytes (`buf.len() + more <= max`), doubling the
+/// capacity but never past `max` (`Vec`'s own growth could double it to
+/// almost twice the limit).
+fn reserve_within(buf: &mut Vec<u8>, more: usize, max: usize) {
+    let need = buf.len() + more;
+    if need > buf.capacity() {
+        let target = buf.capacity().saturating_mul(2).min(max).max(need);
+        buf.reserve_exact(target - buf.len());
+    }
+}
+
 /// Shortens input for a log message, with control characters escaped (a
-/// log line never carries a NUL or a terminal escape from the wire).
+/// log line never carries a NUL or a terminal escape from the wire). Only
+/// the first few hundred bytes are looked at, whatever the input's size.
 pub fn excerpt(bytes: &[u8]) -> String {
-    let s = String::from_utf8_lossy(bytes);
-    let s = s.trim();
+    const CHARS: usize = 120;
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let bytes = &bytes[start..];
+    // a char is at most 4 bytes: this is more than CHARS of them
+    let cut = bytes.len().min((CHARS + 1) * 4);
+    let s = String::from_utf8_lossy(&bytes[..cut]);
+    let more = cut < bytes.len();
+    let s = if more { s.trim_start() } else { s.trim() };
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i == 120 {
+        if i == CHARS {
             out.push_str("...");
-            break;
+            return out;
         }
         if c.is_control() {
             out.extend(c.escape_default());
         } else {
             out.push(c);
         }
+    }
+    if more {
+        out.push_str("...");
     }
     out
 }
@@ -329,18 +397,43 @@ impl Client {
     /// Connects to `ep`, reads the greeting and negotiates capabilities.
     /// Returns the client and a subscription that sees every notice from the
     /// first one on.
+    ///
+    /// A `unix:` peer is checked first with the default expectation
+    /// ([`Expect::new`] of the socket path: see `peer.rs`); a refused one
+    /// gives [`QmpError::Refused`] and is never spoken to.
     pub async fn connect(ep: &Endpoint, timeout: Duration) -> Result<(Client, Events), QmpError> {
-        let (r, w) = match tokio::time::timeout(timeout, ep.connect()).await {
-            Ok(rw) => rw?,
-            Err(_) => return Err(QmpError::Timeout("the connection")),
-        };
-        Client::handshake(r, w, timeout).await
+        Client::connect_expecting(ep, None, timeout).await
     }
 
-    /// The greeting and `qmp_capabilities` over an open connection.
+    /// [`Client::connect`] with what the configuration requires of the peer
+    /// (`peer-user`, `peer-cgroup`); an `expect` for a `tcp:` endpoint is
+    /// refused, as nothing about its peer can be checked.
+    pub async fn connect_expecting(
+        ep: &Endpoint,
+        expect: Option<&Expect>,
+        timeout: Duration,
+    ) -> Result<(Client, Events), QmpError> {
+        let c = match tokio::time::timeout(timeout, ep.connect(expect)).await {
+            Ok(c) => c?,
+            Err(_) => return Err(QmpError::Timeout("the connection")),
+        };
+        Client::start(c.read, c.write, c.peer, timeout).await
+    }
+
+    /// The greeting and `qmp_capabilities` over an open connection (its
+    /// peer unknown, [`Peer::Unknown`]; it cannot carry descriptors).
     pub async fn handshake(
         r: ReadHalf,
         w: WriteHalf,
+        timeout: Duration,
+    ) -> Result<(Client, Events), QmpError> {
+        Client::start(r, Writer::Other(w), Peer::Unknown, timeout).await
+    }
+
+    async fn start(
+        r: ReadHalf,
+        w: Writer,
+        peer: Peer,
         timeout: Duration,
     ) -> Result<(Client, Events), QmpError> {
         let mut reader = BufReader::new(r);
@@ -351,7 +444,8 @@ impl Client {
                     Line::Eof => return Err(QmpError::Disconnected),
                     Line::TooLong(n) => {
                         return Err(QmpError::Protocol(format!(
-                            "{n}-byte line instead of a QMP greeting"
+                            "{n}-byte line instead of a QMP greeting: {}",
+                            excerpt(&buf)
                         )))
                     }
                     Line::Line => match parse_message(&buf) {
@@ -379,6 +473,7 @@ impl Client {
         let reader_task = tokio::spawn(read_loop(reader, shared.clone()));
         let client = Client {
             writer: tokio::sync::Mutex::new(w),
+            peer,
             shared,
             next_id: AtomicU64::new(1),
             reader: reader_task.abort_handle(),
@@ -387,6 +482,12 @@ impl Client {
         };
         client.execute("qmp_capabilities", None).await?;
         Ok((client, queue))
+    }
+
+    /// Who is at the other end: a checked `unix:` peer, or an
+    /// unauthenticated `tcp:` one.
+    pub fn peer(&self) -> &Peer {
+        &self.peer
     }
 
     /// The server's greeting (`{"QMP": {"version": ..., "capabilities": [...]}}`).
@@ -446,6 +547,40 @@ impl Client {
         arguments: Option<Value>,
         timeout: Duration,
     ) -> Reply {
+        self.request(command, arguments, None, timeout).await
+    }
+
+    /// `getfd`: hands QEMU a descriptor, named `fdname`, with the command
+    /// (`SCM_RIGHTS` on the same write), e.g. a dump file vigil created
+    /// itself, for `dump-guest-memory` with `protocol: "fd:NAME"`. vigil's
+    /// descriptor stays open: QEMU gets a copy. Only over a `unix:` socket.
+    pub async fn pass_fd(&self, fdname: &str, fd: BorrowedFd<'_>) -> Result<(), QmpError> {
+        if !matches!(*self.writer.lock().await, Writer::Unix(_)) {
+            return Err(QmpError::NoFdPassing(match self.peer {
+                Peer::Tcp { .. } => "a tcp: endpoint cannot receive descriptors",
+                _ => "this connection cannot carry descriptors (not a unix: endpoint)",
+            }));
+        }
+        let args = json!({ "fdname": fdname });
+        self.request("getfd", Some(args), Some(fd), self.timeout)
+            .await
+            .map(|_| ())
+    }
+
+    /// `closefd`: QEMU closes the descriptor it was given as `fdname`.
+    pub async fn close_fd(&self, fdname: &str) -> Result<(), QmpError> {
+        self.execute("closefd", Some(json!({ "fdname": fdname })))
+            .await
+            .map(|_| ())
+    }
+
+    async fn request(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+        fd: Option<BorrowedFd<'_>>,
+        timeout: Duration,
+    ) -> Reply {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut msg = json!({ "execute": command, "id": id });
         if let Some(a) = arguments {
@@ -464,8 +599,20 @@ impl Client {
         }
         let sent = async {
             let mut w = self.writer.lock().await;
-            w.write_all(&line).await?;
-            w.flush().await
+            match (fd, &mut *w) {
+                (None, w) => w.write_all(&line).await?,
+                (Some(fd), Writer::Unix(u)) => {
+                    let first = send_with_fd(u.as_ref(), &line, fd).await?;
+                    u.write_all(&line[first..]).await?;
+                }
+                (Some(_), Writer::Other(_)) => {
+                    return Err(QmpError::NoFdPassing(
+                        "this connection cannot carry descriptors",
+                    ))
+                }
+            }
+            w.flush().await?;
+            Ok(())
         };
         let result = tokio::time::timeout(timeout, async {
             sent.await?;
@@ -478,6 +625,61 @@ impl Client {
             Err(_) => Err(QmpError::Timeout("the command's response")),
         }
     }
+}
+
+/// Sends (part of) `data` with `fd` attached; returns how many bytes went.
+async fn send_with_fd(
+    sock: &tokio::net::UnixStream,
+    data: &[u8],
+    fd: BorrowedFd<'_>,
+) -> io::Result<usize> {
+    loop {
+        sock.writable().await?;
+        match sock.try_io(Interest::WRITABLE, || {
+            sendmsg_fd(sock.as_raw_fd(), data, fd.as_raw_fd())
+        }) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One `sendmsg` of `data` with `fd` in an `SCM_RIGHTS` message.
+fn sendmsg_fd(sock: RawFd, data: &[u8], fd: RawFd) -> io::Result<usize> {
+    // room for one cmsghdr and one int, aligned for cmsghdr
+    let mut control = [0u64; 4];
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(mem::size_of::<RawFd>() as u32) } as usize;
+    assert!(space <= mem::size_of_val(&control));
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: msghdr is plain data; all zeroes is a valid (empty) value.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: `msg` points to `control`, which holds `space` bytes, enough
+    // for one header and an int: CMSG_FIRSTHDR gives a non-null, aligned
+    // header inside it and CMSG_DATA its data, both written within bounds.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        assert!(!cmsg.is_null());
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(mem::size_of::<RawFd>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+    }
+    // SAFETY: `msg`, the iovec, `data` and `control` are valid for the call;
+    // sendmsg only reads them. MSG_NOSIGNAL: EPIPE, not SIGPIPE.
+    let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 async fn read_loop(mut reader: BufReader<ReadHalf>, shared: Arc<Shared>) {
@@ -494,12 +696,8 @@ async fn read_loop(mut reader: BufReader<ReadHalf>, shared: Arc<Shared>) {
             }
             Ok(Line::Eof) => break,
             Ok(Line::TooLong(n)) => {
-                queue
-                    .push(
-                        Notice::Malformed(format!("{n}-byte line (over {MAX_LINE}) dropped")),
-                        64,
-                    )
-                    .await;
+                let m = format!("{n}-byte line (over {MAX_LINE}) dropped: {}", excerpt(&buf));
+                queue.push(Notice::Malformed(m), 64 + buf.len()).await;
             }
             Ok(Line::Line) => match parse_message(&buf) {
                 Message::Blank => {}
@@ -727,5 +925,286 @@ mod tests {
             Err(QmpError::Timeout(_)) => {}
             r => panic!("{:?}", r.map(|_| ())),
         }
+    }
+
+    #[test]
+    fn memory_total_is_checked() {
+        let m = MemorySizeSummary {
+            base_memory: 1 << 30,
+            plugged_memory: 1 << 29,
+        };
+        assert_eq!(m.total(), Some(3 << 29));
+        let m = MemorySizeSummary {
+            base_memory: u64::MAX,
+            plugged_memory: 1,
+        };
+        assert_eq!(m.total(), None);
+    }
+
+    #[tokio::test]
+    async fn read_line_never_holds_more_than_the_cap() {
+        let max = 1000;
+        // a line exactly at the cap, read in small pieces: the buffer never
+        // grows past the cap (Vec's doubling would take it to 1024 and more)
+        let mut data = vec![b'a'; max];
+        data.push(b'\n');
+        // then an overlong one: only its head is kept
+        data.extend_from_slice(b"HEAD\x1b[2J");
+        data.extend(std::iter::repeat_n(b'z', 50_000));
+        data.extend_from_slice(b"\nok\n");
+        let mut r = BufReader::with_capacity(7, &data[..]);
+        let mut buf = Vec::new();
+        assert_eq!(read_line(&mut r, &mut buf, max).await.unwrap(), Line::Line);
+        assert_eq!(buf.len(), max);
+        assert!(buf.capacity() <= max, "{}", buf.capacity());
+        assert_eq!(
+            read_line(&mut r, &mut buf, max).await.unwrap(),
+            Line::TooLong(50_008)
+        );
+        assert!(buf.capacity() <= max, "{}", buf.capacity());
+        assert_eq!(buf.len(), SKIPPED_HEAD);
+        assert!(buf.starts_with(b"HEAD\x1b[2Jzz"));
+        assert_eq!(
+            excerpt(&buf),
+            format!("HEAD\\u{{1b}}[2J{}...", "z".repeat(112))
+        );
+        assert_eq!(read_line(&mut r, &mut buf, max).await.unwrap(), Line::Line);
+        assert_eq!(buf, b"ok");
+        // a cap below the head size keeps at most the cap
+        let mut r = BufReader::with_capacity(3, &b"0123456789abc\n"[..]);
+        assert_eq!(
+            read_line(&mut r, &mut buf, 4).await.unwrap(),
+            Line::TooLong(13)
+        );
+        assert_eq!(buf, b"0123");
+    }
+
+    #[test]
+    fn excerpt_looks_at_a_bounded_prefix() {
+        // 4 MiB of invalid UTF-8 would be 12 MiB of U+FFFD: only the start
+        // is converted
+        let junk = vec![0xffu8; 4 << 20];
+        let e = excerpt(&junk);
+        assert_eq!(e.chars().count(), 123);
+        assert!(e.ends_with("..."));
+        // leading whitespace of any length is skipped
+        let mut spaced = vec![b' '; 100_000];
+        spaced.extend_from_slice(b"x\n");
+        assert_eq!(excerpt(&spaced), "x");
+        // cut with whitespace at the cut: still marked as cut
+        let mut ws = vec![b'a'; 10];
+        ws.extend(std::iter::repeat_n(b' ', 1000));
+        ws.push(b'b');
+        assert_eq!(
+            excerpt(&ws),
+            format!("{}{}...", "a".repeat(10), " ".repeat(110))
+        );
+        // whitespace up to a cut is not trimmed away: the "..." says more came
+        let mut ws = vec![b'a'; 3];
+        ws.extend(std::iter::repeat_n(b' ', 481));
+        ws.push(b'b');
+        assert!(excerpt(&ws).ends_with(" ..."));
+    }
+
+    /// A QMP server on a real socket that takes descriptors: answers
+    /// `getfd` with `{}` only if the descriptor that came with it is the
+    /// file `want` (same device and inode).
+    fn fd_server(path: &std::path::Path, want: (u64, u64)) -> std::thread::JoinHandle<Vec<String>> {
+        use std::io::Write;
+        use std::os::fd::{FromRawFd, OwnedFd};
+        use std::os::unix::fs::MetadataExt;
+        let l = std::os::unix::net::UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            writeln!(s, "{GREETING}").unwrap();
+            let mut seen = Vec::new();
+            let mut pending: Vec<u8> = Vec::new();
+            let mut fds: Vec<OwnedFd> = Vec::new();
+            loop {
+                let mut data = [0u8; 4096];
+                let mut control = [0u64; 8];
+                let mut iov = libc::iovec {
+                    iov_base: data.as_mut_ptr().cast(),
+                    iov_len: data.len(),
+                };
+                // SAFETY: test code; msghdr is plain data, every pointer
+                // set below is valid for the recvmsg call.
+                let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+                msg.msg_iov = &mut iov;
+                msg.msg_iovlen = 1;
+                msg.msg_control = control.as_mut_ptr().cast();
+                msg.msg_controllen = mem::size_of_val(&control) as _;
+                // SAFETY: as above.
+                let n = unsafe { libc::recvmsg(s.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+                if n <= 0 {
+                    return seen;
+                }
+                // SAFETY: walking the control messages recvmsg filled in.
+                unsafe {
+                    let mut c = libc::CMSG_FIRSTHDR(&msg);
+                    while !c.is_null() {
+                        if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS
+                        {
+                            let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<RawFd>());
+                            fds.push(OwnedFd::from_raw_fd(fd));
+                        }
+                        c = libc::CMSG_NXTHDR(&msg, c);
+                    }
+                }
+                pending.extend_from_slice(&data[..n as usize]);
+                while let Some(i) = pending.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=i).collect();
+                    let req: Value = serde_json::from_slice(&line).unwrap();
+                    let cmd = req["execute"].as_str().unwrap().to_string();
+                    let reply = match cmd.as_str() {
+                        "getfd" => match fds.pop() {
+                            Some(fd) => {
+                                let f = std::fs::File::from(fd);
+                                let m = f.metadata().unwrap();
+                                if (m.dev(), m.ino()) == want {
+                                    json!({"return": {}})
+                                } else {
+                                    json!({"error": {"class": "GenericError", "desc": "wrong file"}})
+                                }
+                            }
+                            None => {
+                                json!({"error": {"class": "GenericError", "desc": "No file descriptor supplied via SCM_RIGHTS"}})
+                            }
+                        },
+                        _ => json!({"return": {}}),
+                    };
+                    seen.push(format!("{cmd} {}", req["arguments"]));
+                    let mut reply = reply;
+                    reply["id"] = req["id"].clone();
+                    writeln!(s, "{reply}").unwrap();
+                }
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn passes_descriptors() {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::MetadataExt;
+        let dir = crate::testutil::tempdir("passfd");
+        let file = std::fs::File::create(dir.join("dump.partial")).unwrap();
+        let m = file.metadata().unwrap();
+        let sock = dir.join("qmp.sock");
+        let server = fd_server(&sock, (m.dev(), m.ino()));
+        let (c, _events) = Client::connect(&Endpoint::Unix(sock.clone()), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let info = c.peer().info().expect("a checked unix peer");
+        assert_eq!(info.bound_path.as_deref(), Some(sock.as_path()));
+        assert_eq!(info.pid, std::process::id() as i32);
+        c.pass_fd("vigil-dump", file.as_fd()).await.unwrap();
+        // vigil's descriptor stays usable
+        assert_eq!(file.metadata().unwrap().ino(), m.ino());
+        // another file is told apart
+        let other = std::fs::File::create(dir.join("other")).unwrap();
+        match c.pass_fd("x", other.as_fd()).await {
+            Err(QmpError::Command { desc, .. }) => assert_eq!(desc, "wrong file"),
+            r => panic!("{r:?}"),
+        }
+        c.close_fd("vigil-dump").await.unwrap();
+        drop(c);
+        let seen = server.join().unwrap();
+        assert_eq!(
+            seen,
+            [
+                "qmp_capabilities null",
+                r#"getfd {"fdname":"vigil-dump"}"#,
+                r#"getfd {"fdname":"x"}"#,
+                r#"closefd {"fdname":"vigil-dump"}"#,
+            ]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn no_descriptors_without_a_unix_socket() {
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        let (r, w) = a.into_split();
+        let (_br, mut bw) = b.into_split();
+        bw.write_all(GREETING.as_bytes()).await.unwrap();
+        bw.write_all(b"\n{\"return\": {}, \"id\": 1}\n")
+            .await
+            .unwrap();
+        let (c, _) = Client::handshake(Box::new(r), Box::new(w), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(c.peer(), &Peer::Unknown);
+        let f = std::fs::File::open("/dev/null").unwrap();
+        use std::os::fd::AsFd;
+        match c.pass_fd("x", f.as_fd()).await {
+            Err(e @ QmpError::NoFdPassing(_)) => {
+                assert!(e.to_string().contains("cannot carry descriptors"), "{e}")
+            }
+            r => panic!("{r:?}"),
+        }
+        // over tcp:
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let (r, mut w) = s.into_split();
+            w.write_all(format!("{GREETING}\n").as_bytes())
+                .await
+                .unwrap();
+            let mut lines = BufReader::new(r).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let req: Value = serde_json::from_str(&line).unwrap();
+                let reply = json!({"return": {}, "id": req["id"]});
+                w.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
+            }
+        });
+        let ep = Endpoint::Tcp {
+            host: "127.0.0.1".into(),
+            port,
+        };
+        let (c, _) = Client::connect(&ep, Duration::from_secs(5)).await.unwrap();
+        assert!(!c.peer().authenticated());
+        match c.pass_fd("x", f.as_fd()).await {
+            Err(e @ QmpError::NoFdPassing(_)) => {
+                assert_eq!(e.to_string(), "a tcp: endpoint cannot receive descriptors")
+            }
+            r => panic!("{r:?}"),
+        }
+        // the connection is still fine
+        c.execute("query-status", None).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn refused_peers_are_not_spoken_to() {
+        let fake = FakeQmp::start(|_, _| (json!({"return": {}}), vec![])).await;
+        let link = fake.dir.join("link.qmp");
+        std::os::unix::fs::symlink(&fake.path, &link).unwrap();
+        match Client::connect(&Endpoint::Unix(link), Duration::from_secs(5)).await {
+            Err(QmpError::Refused(r)) => assert_eq!(r, Refusal::Symlink),
+            r => panic!("{:?}", r.map(|_| ())),
+        }
+        let e = Expect {
+            cgroup: Some("/vigil-test-not-this-one".into()),
+            ..Expect::new(fake.path.clone())
+        };
+        match Client::connect_expecting(&fake.endpoint(), Some(&e), Duration::from_secs(5)).await {
+            Err(e @ QmpError::Refused(_)) => {
+                assert!(
+                    e.to_string().starts_with("peer refused (peer-cgroup)"),
+                    "{e}"
+                )
+            }
+            r => panic!("{:?}", r.map(|_| ())),
+        }
+        assert!(fake.command_names().is_empty());
+        // and the right one passes
+        let (c, _) = Client::connect_expecting(
+            &fake.endpoint(),
+            Some(&Expect::new(fake.path.clone())),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert!(c.peer().authenticated());
     }
 }
