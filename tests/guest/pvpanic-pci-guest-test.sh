@@ -78,7 +78,8 @@ x86_pci_initrd() {
 }
 # The x86 checks (pci-x86, pci-vigil) need that initramfs: without it they
 # fail as not run (X86_MISSING says why).
-X86_PCI_INITRD= X86_MISSING=
+X86_PCI_INITRD=
+X86_MISSING=
 if want x86 || want vigil; then
     if x86_pci_initrd; then
         X86_PCI_INITRD=$tmp/x86-pci-initrd.gz
