@@ -6,7 +6,7 @@
 #   ./dev.sh demo      build, then run the demo
 #   ./dev.sh series    the patch series as a maintainer takes it: git am onto
 #                      QEMU, then every patch built with and without Rust
-#                      (scripts/series-tests.sh, ~25 min; not part of check)
+#                      (scripts/series-tests.sh, long: README.md; not in check)
 #   ./dev.sh clean     remove the build directories and the patched QEMU tree
 #                      (downloads and ccache stay in $VIGIL_CACHE)
 #

@@ -15,7 +15,11 @@
 #      scripts/guest-kernels.sh) with the upstream drivers; real libvirt
 #      (Debian's libvirtd) driving our QEMU through a guest panic
 #
-# A test that cannot run counts as failed: nothing is skipped silently.
+# A test that cannot run counts as failed: nothing is skipped silently. How
+# many checks each test script prints is declared in tests/expected-checks:
+# the checks a script does not print (it stopped early, a step failed) count
+# as failed, and a script that prints more than declared fails too, until
+# the file (and the total in README.md) is updated.
 # Expects a finished build (scripts/build.sh); builds the test programs itself.
 set -uo pipefail
 . "$(dirname "$0")/common.sh"
@@ -90,9 +94,25 @@ for p in m["packages"]:
 fi
 log "cargo test took $(elapsed "$t0") (log: $cargo_log)"
 
-# Scripts that print "PASS<TAB>name" / "FAIL<TAB>name" per check.
+# The number of checks each script prints, by LOGNAME: tests/expected-checks
+# ("LOGNAME N" per line, # comments). A script missing from it fails.
+expected_checks=$VIGIL_ROOT/tests/expected-checks
+declare -A expected=() ran=()
+if [ -f "$expected_checks" ]; then
+    while read -r key n _; do
+        case $key in ''|'#'*) continue ;; esac
+        expected[$key]=$n
+    done < "$expected_checks"
+else
+    echo "FAIL $expected_checks is missing: no script's count of checks can be verified"
+    result "tests/expected-checks (missing)" 1
+fi
+
+# Scripts that print "PASS<TAB>name" / "FAIL<TAB>name" per check. Each
+# check counts; so does each expected check (tests/expected-checks) that
+# did not print: as failed, under one FAIL line naming the script.
 run_checks() { # TITLE LOGNAME COMMAND...
-    local title=$1 logname=$2 t0 status name n=0; shift 2
+    local title=$1 logname=$2 t0 status name n=0 want missing; shift 2
     t0=$(now)
     log "$title"
     while IFS=$'\t' read -r status name; do
@@ -102,9 +122,20 @@ run_checks() { # TITLE LOGNAME COMMAND...
             *)    echo "     $status${name:+ $name}" ;;   # the script's own summary
         esac
     done < <("$@" 2> "$logdir/$logname.log")
-    if [ $n = 0 ]; then
-        echo "FAIL $title: no check ran"; tail -n 20 "$logdir/$logname.log"
-        result "$title (no check ran)" 1
+    ran[$logname]=1
+    want=${expected[$logname]:-}
+    if ! [[ $want =~ ^[0-9]+$ ]]; then
+        echo "FAIL $logname: no number of checks for it in tests/expected-checks ($n printed)"
+        result "$logname: its number of checks in tests/expected-checks" 1
+    elif [ "$n" -lt "$want" ]; then
+        missing=$((want - n))
+        echo "FAIL $logname: $missing of its $want checks did not run (each counts as failed)"
+        tail -n 20 "$logdir/$logname.log"
+        failed=$((failed + missing))
+        failures+=("$logname: $missing of its $want checks did not run")
+    elif [ "$n" -gt "$want" ]; then
+        echo "FAIL $logname: $n checks ran, tests/expected-checks says $want (update it, and README.md's total)"
+        result "$logname: $n checks, tests/expected-checks says $want" 1
     fi
     log "$title took $(elapsed "$t0") (details: $logdir/$logname.log)"
 }
@@ -226,6 +257,12 @@ QEMU_X86_64=$VIGIL_BUILD/qemu-system-x86_64 \
 QEMU_AARCH64=$VIGIL_BUILD/qemu-system-aarch64 \
     run_checks "real libvirt on aarch64: UEFI, both devices, watchdog dump, on_crash coredump" libvirt-aarch64 \
     "$VIGIL_ROOT/tests/libvirt/libvirt-aarch64-test.sh"
+
+# A script in tests/expected-checks that was not run (renamed, removed)
+for key in "${!expected[@]}"; do
+    [ -n "${ran[$key]:-}" ] ||
+        { echo "FAIL tests/expected-checks: $key was not run"; result "tests/expected-checks: $key not run" 1; }
+done
 
 if [ ${#failures[@]} -gt 0 ]; then
     log "failed:"; printf '  %s\n' "${failures[@]}" >&2

@@ -13,6 +13,8 @@
 #                                 stderr); on failure DETAIL is logged, or with
 #                                 "@FILE" the end of FILE
 #   fatal NAME DETAIL             FAIL, DETAIL logged, exit 1
+#   not_run WHY NAME...           FAIL for each NAME: checks that cannot run
+#                                 because a step they need failed (WHY logged)
 #   finish                        prints "N passed, M failed" and exits 0 iff
 #                                 nothing failed
 #   wait_for SECONDS COMMAND...   true as soon as COMMAND succeeds (polled
@@ -66,6 +68,14 @@ check() { # NAME DETAIL COMMAND...
 }
 fatal() { # NAME DETAIL: a check that makes the rest pointless
     fail "$1"; log "NOT OK: $1: $2"; exit 1
+}
+# A check that cannot run is a failed check, never a missing one: a script
+# whose step fails reports the checks that needed it with not_run (or exits,
+# and scripts/run-tests.sh counts what did not run against tests/expected-checks).
+not_run() { # WHY NAME...
+    local why=$1 name; shift
+    for name in "$@"; do fail "$name"; log "NOT OK: $name: not run: $why"; done
+    return 0
 }
 finish() { echo "$passed passed, $failures failed"; [ "$failures" = 0 ]; exit; }
 

@@ -6,7 +6,7 @@ events (through tests/vigilqmp.py, the one QMP client, on QEMU's qemu.qmp) and
 serial console, and prints the PASS/FAIL protocol of scripts/run-tests.sh
 ("PASS<TAB>name" on stdout, details on stderr)."""
 
-import json, os, re, shutil, subprocess, sys, time
+import json, os, re, shutil, subprocess, sys, time, traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import vigilqmp  # noqa: E402  (tests/vigilqmp.py)
@@ -21,14 +21,53 @@ def log(*a):
     print("[%7.2f]" % (time.time() - T0), *a, file=sys.stderr, flush=True)
 
 
+reported = []      # the names of the checks result() printed, in order
+
+
 def result(name, ok, detail=""):
     global failures
     if detail:
         log(("ok: " if ok else "NOT OK: ") + name + ": " + detail)
     print("%s\t%s" % ("PASS" if ok else "FAIL", name), flush=True)
+    reported.append(name)
     if not ok:
         failures += 1
     return ok
+
+
+def not_run(names, why):
+    """FAIL for each of NAMES: checks that cannot run (a step they need failed)."""
+    for name in names:
+        result(name, False, "not run: " + why)
+
+
+class planned:
+    """with planned(NAMES[, why]) as p: the block reports the checks NAMES.
+    Those it has not reported when it ends, by an early return (set p.why
+    to say which step failed) or an exception (logged, not raised further),
+    are reported failed then: a check that cannot run is a failed check,
+    never a missing one (scripts/run-tests.sh counts them, tests/expected-checks)."""
+
+    def __init__(self, names, why=None):
+        self.names, self.why = list(names), why
+
+    def __enter__(self):
+        self.start = len(reported)
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        if exc is not None and not isinstance(exc, Exception):
+            return False       # KeyboardInterrupt, SystemExit: as they are
+        done = reported[self.start:]
+        for name in done:
+            if name not in self.names:
+                log("WARNING: check %r is not in its planned() list" % name)
+        why = self.why or "an earlier step failed (see above)"
+        if exc is not None:
+            why = "%s: %r" % (self.why or "an error", exc)
+            log("error:\n" + "".join(traceback.format_exception(typ, exc, tb)).rstrip())
+        not_run([n for n in self.names if n not in done], why)
+        return True
 
 
 def firmware_args(tmp, name):
