@@ -6,120 +6,157 @@ use std::sync::Arc;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::dumper;
-use crate::log::Ctx;
+use crate::context::Env;
+use crate::dump::Job;
+use crate::error::DumpError;
 use crate::policy::{Finish, Policy};
 use crate::qmp::{Client, QmpError, StatusInfo};
-use crate::watcher::Env;
+use crate::record::{Body, Ctx, Record};
 
-/// The action of one policy. A failed dump leaves the VM as it is, as
-/// libvirt does, so that an operator can still inspect or dump it.
-pub async fn run_action(
-    client: Arc<Client>,
-    ctx: Ctx,
-    env: Env,
-    policy: Policy,
-    event: String,
-    cancel: CancellationToken,
-) {
-    let m = &env.metrics;
-    if policy.dumps() {
-        match dumper::dump(&client, &ctx, &env, &cancel).await {
-            Ok(_) => {
-                m.action(&ctx.vm, policy.name(), "dump", "completed");
-                crate::metrics::Metrics::result(&m.dumps, "completed");
-            }
-            Err(e) => {
-                m.action(&ctx.vm, policy.name(), "dump", "failed");
-                crate::metrics::Metrics::result(&m.dumps, "failed");
-                env.log.record(
-                    Some(&ctx),
-                    "action",
-                    json!({"action": "dump", "status": "failed", "error": e.to_string(), "event": event,
-                           "policy": policy.name(), "vm-state": "preserved"}),
-                    Some(&format!("dump failed: {e}; VM left as it is")),
+/// Why an action may not run as asked, found when the session started.
+#[derive(Clone, Debug, Default)]
+pub struct Limits {
+    /// Why this VM cannot be dumped (its QEMU cannot write the configured
+    /// format, a tcp: endpoint): its dumps fail with this, nothing else does.
+    pub dump_unavailable: Option<String>,
+}
+
+/// What one action needs.
+pub struct Action {
+    pub client: Arc<Client>,
+    pub ctx: Ctx,
+    pub env: Env,
+    pub policy: Policy,
+    pub event: String,
+    pub limits: Arc<Limits>,
+    /// vigil stops: a queued dump is not started, a running one finishes.
+    pub stop: CancellationToken,
+    /// The endpoint was removed: everything is abandoned.
+    pub abort: CancellationToken,
+}
+
+impl Action {
+    fn emit(
+        &self,
+        action: &'static str,
+        status: &'static str,
+        fields: serde_json::Value,
+        human: String,
+    ) {
+        self.env.log.emit(
+            Record::new(
+                Some(&self.ctx),
+                Body::Action {
+                    action,
+                    status,
+                    policy: self.policy.name(),
+                },
+            )
+            .with(fields)
+            .say(human),
+        );
+    }
+
+    /// The action of one policy. A failed dump leaves the VM as it is, as
+    /// libvirt does, so that an operator can still inspect or dump it.
+    pub async fn run(self) {
+        if self.policy.dumps() {
+            let r = match &self.limits.dump_unavailable {
+                Some(why) => Err(DumpError::Unavailable(why.clone())),
+                None => {
+                    Job {
+                        client: &self.client,
+                        ctx: &self.ctx,
+                        env: &self.env,
+                        policy: self.policy.name(),
+                        abort: &self.abort,
+                        stop: &self.stop,
+                    }
+                    .run()
+                    .await
+                }
+            };
+            if let Err(e) = r {
+                let status = if matches!(e, DumpError::Timeout(_)) {
+                    "timeout"
+                } else {
+                    "failed"
+                };
+                self.emit(
+                    "dump",
+                    status,
+                    json!({"error": e.to_string(), "event": self.event, "vm-state": "preserved"}),
+                    format!("dump {status}: {e}; VM left as it is"),
                 );
                 return;
             }
         }
-    }
-    let ok = match policy.then() {
-        Some(Finish::Destroy) => Some(("destroy", destroy(&client, &ctx, &env, &event).await)),
-        Some(Finish::Restart) => Some(("restart", restart(&client, &ctx, &env, &event).await)),
-        None => None,
-    };
-    if let Some((what, ok)) = ok {
-        m.action(
-            &ctx.vm,
-            policy.name(),
-            what,
-            if ok { "ok" } else { "failed" },
-        );
-    }
-}
-
-async fn destroy(client: &Client, ctx: &Ctx, env: &Env, event: &str) -> bool {
-    match client.execute("quit", None).await {
-        Ok(_) | Err(QmpError::Disconnected) => {
-            env.log.record(
-                Some(ctx),
-                "action",
-                json!({"action": "destroy", "status": "ok", "event": event}),
-                Some("destroyed (quit)"),
-            );
-            true
+        if self.abort.is_cancelled() {
+            return;
         }
-        Err(e) => {
-            env.log.record(
-                Some(ctx),
-                "action",
-                json!({"action": "destroy", "status": "failed", "error": e.to_string(), "event": event}),
-                Some(&format!("destroy (quit) failed: {e}")),
-            );
-            false
+        match self.policy.then() {
+            Some(Finish::Destroy) => self.destroy().await,
+            Some(Finish::Restart) => self.restart().await,
+            None => {}
         }
     }
-}
 
-async fn restart(client: &Client, ctx: &Ctx, env: &Env, event: &str) -> bool {
-    let fail = |step: &str, e: &QmpError| {
-        env.log.record(
-            Some(ctx),
-            "action",
-            json!({"action": "restart", "status": "failed", "step": step, "error": e.to_string(), "event": event}),
-            Some(&format!("restart failed at {step}: {e}")),
-        );
-        false
-    };
-    let mut sub = client.subscribe();
-    if let Err(e) = client.execute("system_reset", None).await {
-        return fail("system_reset", &e);
+    async fn destroy(&self) {
+        match self.client.execute("quit", None).await {
+            Ok(_) | Err(QmpError::Disconnected) => self.emit(
+                "destroy",
+                "ok",
+                json!({"event": self.event}),
+                "destroyed (quit)".into(),
+            ),
+            Err(e) => self.emit(
+                "destroy",
+                "failed",
+                json!({"error": e.to_string(), "event": self.event}),
+                format!("destroy (quit) failed: {e}"),
+            ),
+        }
     }
-    // The reset is done when QEMU says RESET; then resume the (possibly paused) VM.
-    let saw_reset = tokio::time::timeout(env.cfg.timeout, async {
-        while let Some(e) = sub.recv().await {
-            if e.name == "RESET" {
-                return true;
+
+    async fn restart(&self) {
+        let fail = |step: &str, e: &QmpError| {
+            self.emit(
+                "restart",
+                "failed",
+                json!({"step": step, "error": e.to_string(), "event": self.event}),
+                format!("restart failed at {step}: {e}"),
+            );
+        };
+        let client = &self.client;
+        let mut sub = client.subscribe();
+        if let Err(e) = client.execute("system_reset", None).await {
+            return fail("system_reset", &e);
+        }
+        // The reset is done when QEMU says RESET; then resume the (possibly paused) VM.
+        let saw_reset = tokio::time::timeout(self.env.cfg.timeout, async {
+            while let Some(e) = sub.recv().await {
+                if e.name == "RESET" {
+                    return true;
+                }
             }
-        }
-        false
-    })
-    .await
-    .unwrap_or(false);
-    drop(sub);
-    if let Err(e) = client.execute("cont", None).await {
-        return fail("cont", &e);
-    }
-    let status = client
-        .query::<StatusInfo>("query-status", None)
+            false
+        })
         .await
-        .map(|s| s.status)
-        .unwrap_or_else(|_| "unknown".into());
-    env.log.record(
-        Some(ctx),
-        "action",
-        json!({"action": "restart", "status": "ok", "reset-event": saw_reset, "run-state": status, "event": event}),
-        Some(&format!("restarted (system_reset + cont), VM {status}")),
-    );
-    true
+        .unwrap_or(false);
+        drop(sub);
+        if let Err(e) = client.execute("cont", None).await {
+            return fail("cont", &e);
+        }
+        let status = client
+            .query::<StatusInfo>("query-status", None)
+            .await
+            .map(|s| crate::record::cap_str(&s.status, 64))
+            .unwrap_or_else(|_| "unknown".into());
+        self.emit(
+            "restart",
+            "ok",
+            json!({"reset-event": saw_reset, "run-state": status, "event": self.event}),
+            format!("restarted (system_reset + cont), VM {status}"),
+        );
+    }
 }

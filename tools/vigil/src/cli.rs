@@ -29,9 +29,12 @@ Events:
   SHUTDOWN           --on-shutdown    (guest-initiated only; with -no-shutdown)
 Every event, and every action, is logged.
 
-Dumps are written by QEMU to DIR/.<vm>-<UTCstamp>.<ext>.partial and renamed to
-DIR/<vm>-<UTCstamp>.<ext> once QEMU reports success; <vm> is the -name of the
-VM, or the socket's file name. QEMU must be able to write to DIR.
+vigil creates each dump file itself, DIR/.<vm>-<UTCstamp>.<ext>.partial, and
+passes QEMU its descriptor (getfd); once QEMU reports success it is synced and
+linked to DIR/<vm>-<UTCstamp>.<ext>. DIR belongs to vigil alone (QEMU's user
+needs no access). <vm> is the endpoint's name in --config, else the socket's
+file name: never what QEMU says (a different -name is reported, not believed).
+Dumps need a unix: endpoint (a tcp: one cannot receive a descriptor).
 
 Fleets:
   --config FILE      endpoints, per-VM names and policies, defaults (TOML);
@@ -58,8 +61,10 @@ Signals: SIGINT and SIGTERM stop vigil after the running actions; SIGHUP
 reloads --config and rescans --watch-dir.
 
 Exit status: 0 when stopped by SIGINT or SIGTERM (after the running
-action, if any), 1 on a fatal error (such as a dump format the QEMU cannot
-write), 2 on a usage error, 130 on a second signal.
+action, if any), 1 on an error at start (the dump directory, --metrics),
+2 on a usage error, 130 on a second signal. Nothing a QEMU sends or lacks
+stops vigil: a VM whose QEMU cannot write the dump format gets an error
+for its own dumps only.
 
 See docs/system/vigil.rst for the whole manual.";
 
@@ -165,6 +170,10 @@ pub struct Cli {
     /// Timeout for connecting, the QMP greeting and each command, in seconds
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     pub timeout: Duration,
+
+    /// The longest a dump may take, in seconds; a dump still running then is abandoned (its file removed, its slot freed, the VM left as it is) [default: 120 + 1 per 32 MiB of guest RAM]
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub dump_timeout: Option<Duration>,
 
     /// How often to ask query-dump for progress during a dump, in seconds
     #[arg(long, value_name = "SECS", default_value = "0.5", value_parser = parse_secs)]

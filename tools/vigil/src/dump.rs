@@ -1,16 +1,40 @@
-//! Dump files: names, the disk-space check, and the atomic `.partial` to
-//! final rename.
+//! Dumps: the files, the disk-space check, and `dump-guest-memory` followed
+//! to its end.
 //!
-//! QEMU writes the dump to `DIR/.NAME.partial`; only after `DUMP_COMPLETED`
-//! reports success is it synced and linked to `DIR/NAME`, so a file under a
-//! final name is always complete. A failed dump's partial file is removed.
+//! vigil creates the dump file itself, `DIR/.NAME.partial`, with
+//! `O_CREAT|O_EXCL|O_NOFOLLOW` in a directory only it writes, and hands
+//! QEMU the open descriptor (`getfd` over the QMP socket, then
+//! `dump-guest-memory` with `fd:`): QEMU's user needs no access to the
+//! dump directory, and nothing QEMU's user can plant there (a FIFO, a
+//! symlink to `/etc/shadow`) is ever opened. Only after `DUMP_COMPLETED`
+//! reports success is the file synced (through vigil's own descriptor) and
+//! linked to `DIR/NAME`, so a file under a final name is always complete;
+//! a failed, timed-out or abandoned dump's partial file is removed.
+//!
+//! Every file system call runs off the async thread with a timeout (a hung
+//! NFS dump directory stalls that dump, not the watcher). A dump has a
+//! timeout ([`crate::context::Config::dump_timeout_for`]); its slot
+//! (`--max-dumps`) is freed on completion, failure, timeout, disconnect and
+//! when its endpoint is removed.
 
 use std::fs;
 use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::context::Env;
+use crate::error::DumpError;
+use crate::qmp::{Client, DumpCompleted, DumpQueryResult, MemorySizeSummary, QmpError, QmpEvent};
+use crate::record::{Body, Ctx, Record};
 
 use crate::policy::DumpFormat;
+use crate::timefmt::file_stamp;
 
 /// Margin on top of guest RAM required free before a dump: 5% plus 64 MiB
 /// (ELF headers, notes, and other writers of the file system).
@@ -54,50 +78,6 @@ pub fn sanitize_name(name: &str) -> String {
         s.push_str("vm");
     }
     s
-}
-
-/// Civil date from days since 1970-01-01 (proleptic Gregorian).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-/// (year, month, day, hour, minute, second) in UTC.
-fn utc_fields(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
-    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
-    let t = secs.rem_euclid(86_400);
-    (
-        y,
-        mo,
-        d,
-        (t / 3600) as u32,
-        (t / 60 % 60) as u32,
-        (t % 60) as u32,
-    )
-}
-
-/// `20260501T120000Z`: compact UTC time stamp for file names.
-pub fn file_stamp(secs: i64) -> String {
-    let (y, mo, d, h, mi, s) = utc_fields(secs);
-    format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z")
-}
-
-/// `2026-05-01T12:00:00.123Z`: RFC 3339 UTC time for log records.
-pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let (y, mo, dd, h, mi, s) = utc_fields(d.as_secs() as i64);
-    format!(
-        "{y:04}-{mo:02}-{dd:02}T{h:02}:{mi:02}:{s:02}.{:03}Z",
-        d.subsec_millis()
-    )
 }
 
 /// `<vm-name>-<timestamp>.<ext>`.
@@ -170,12 +150,23 @@ fn exists(p: &Path) -> bool {
     fs::symlink_metadata(p).is_ok()
 }
 
+/// Creates the partial file of `paths`: a new regular file (never an
+/// existing one, never through a symlink), mode 0600.
+pub fn create_partial(paths: &DumpPaths) -> io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&paths.partial)
+}
+
 /// Makes a completed dump visible under its final name: syncs the partial
-/// file, links it to the final name (never replacing an existing file; if
+/// file (through `file`, vigil's own descriptor), links it to the final name (never replacing an existing file; if
 /// that name was taken meanwhile, `-N` is added), removes the partial name
 /// and syncs the directory. Returns the final path.
-pub fn finalize(paths: &DumpPaths) -> io::Result<PathBuf> {
-    fs::File::open(&paths.partial)?.sync_all()?;
+pub fn finalize(paths: &DumpPaths, file: &fs::File) -> io::Result<PathBuf> {
+    file.sync_all()?;
     let mut target = paths.final_path.clone();
     for n in 1u32.. {
         match fs::hard_link(&paths.partial, &target) {
@@ -248,23 +239,306 @@ pub fn stale_partials(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// The name under which the dump file's descriptor is passed to QEMU.
+pub const FDNAME: &str = "vigil-dump";
+
+/// Runs `f` off the async thread, for at most `timeout`.
+pub async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    timeout: Duration,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    match tokio::time::timeout(timeout, tokio::task::spawn_blocking(f)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(io::Error::other(format!("{what}: {e}"))),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("{what} took more than {} s", timeout.as_secs()),
+        )),
+    }
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// One dump of one VM: who asks, and what stops it early.
+pub struct Job<'a> {
+    pub client: &'a Client,
+    pub ctx: &'a Ctx,
+    pub env: &'a Env,
+    pub policy: &'static str,
+    /// Cancelled when the endpoint is removed: a queued or running dump is
+    /// abandoned (a stopping vigil lets a running dump finish instead).
+    pub abort: &'a CancellationToken,
+    /// Cancelled when vigil stops: a dump still waiting for a slot is not started.
+    pub stop: &'a CancellationToken,
+}
+
+impl Job<'_> {
+    fn action(&self, status: &'static str, fields: serde_json::Value, human: String) {
+        self.env.log.emit(
+            Record::new(
+                Some(self.ctx),
+                Body::Action {
+                    action: "dump",
+                    status,
+                    policy: self.policy,
+                },
+            )
+            .with(fields)
+            .say(human),
+        );
+    }
+
+    /// Waits for a dump slot.
+    async fn slot(&self) -> Result<crate::slots::Slot, DumpError> {
+        let slots = &self.env.dumps;
+        if let Some(s) = slots.try_acquire() {
+            return Ok(s);
+        }
+        let line = slots.wait_in_line();
+        let reason = format!(
+            "{} dump(s) already running (--max-dumps {})",
+            slots.max(),
+            slots.max()
+        );
+        self.action(
+            "queued",
+            json!({"reason": reason, "position": line.position}),
+            format!("dump queued: {reason}; {} waiting", line.position),
+        );
+        let t0 = Instant::now();
+        let mut closed = tokio::time::interval(Duration::from_millis(500));
+        let slot = loop {
+            tokio::select! {
+                s = slots.acquire() => break s.ok_or(DumpError::Cancelled)?,
+                _ = self.abort.cancelled() => return Err(DumpError::Aborted),
+                _ = self.stop.cancelled() => return Err(DumpError::Cancelled),
+                _ = closed.tick() => if self.client.is_closed() { return Err(DumpError::Disconnected) },
+            }
+        };
+        drop(line);
+        let waited = t0.elapsed().as_secs_f64();
+        self.action(
+            "dequeued",
+            json!({"waited-seconds": (waited * 1000.0).round() / 1000.0}),
+            format!("dump slot free after {waited:.1} s"),
+        );
+        Ok(slot)
+    }
+
+    /// Dumps guest memory to the dump directory, atomically, once a slot
+    /// is free. Returns the final path.
+    pub async fn run(&self) -> Result<PathBuf, DumpError> {
+        let env = self.env;
+        let cfg = &env.cfg;
+        let dir = cfg.dump_dir.clone().ok_or(DumpError::NoDumpDir)?;
+        let fmt = cfg.dump_format;
+        if self.client.peer_is_tcp() {
+            return Err(DumpError::NoDescriptors);
+        }
+        let _slot = self.slot().await?;
+
+        // The space is checked when the dump starts, after any wait.
+        let mem: MemorySizeSummary = self
+            .client
+            .query("query-memory-size-summary", None)
+            .await
+            .map_err(DumpError::MemorySize)?;
+        let ram = mem
+            .base_memory
+            .checked_add(mem.plugged_memory)
+            .filter(|r| *r > 0)
+            .ok_or(DumpError::NoMemorySize)?;
+        let need = required_space(ram);
+        let d2 = dir.clone();
+        let free = blocking("statvfs", cfg.fs_timeout, move || free_space(&d2))
+            .await
+            .map_err(|e| DumpError::Statvfs {
+                dir: dir.clone(),
+                source: e,
+            })?;
+        if free < need {
+            return Err(DumpError::NoSpace {
+                dir,
+                free,
+                need,
+                ram,
+            });
+        }
+
+        let (paths, _reserved) = choose_paths(&dir, &self.ctx.vm, now_secs(), fmt);
+        let p2 = paths.clone();
+        let file = blocking("creating the dump file", cfg.fs_timeout, move || {
+            create_partial(&p2)
+        })
+        .await
+        .map_err(DumpError::Create)?;
+        let result = self.dump_to(&file, &paths, ram, free).await;
+        let result = match result {
+            Ok((bytes, secs)) => {
+                let p2 = paths.clone();
+                let r = blocking("finishing the dump file", cfg.fs_timeout, move || {
+                    finalize(&p2, &file)
+                })
+                .await
+                .map_err(DumpError::Finalize);
+                if let Ok(f) = &r {
+                    env.metrics.dump_bytes.inc_by(bytes);
+                    env.metrics.dump_duration.observe(secs);
+                    self.action(
+                        "completed",
+                        json!({"file": f, "bytes": bytes,
+                               "seconds": (secs * 1000.0).round() / 1000.0, "format": fmt.qapi_name()}),
+                        format!("dump written: {} ({} MiB in {secs:.1} s)", f.display(), bytes >> 20),
+                    );
+                }
+                r
+            }
+            Err(e) => {
+                drop(file);
+                Err(e)
+            }
+        };
+        match result {
+            Ok(f) => Ok(f),
+            Err(e) => {
+                let p2 = paths.clone();
+                if let Err(d) = blocking("removing the partial dump", cfg.fs_timeout, move || {
+                    discard(&p2)
+                })
+                .await
+                {
+                    return Err(DumpError::Discard {
+                        error: Box::new(e),
+                        partial: paths.partial.clone(),
+                        discard: d,
+                    });
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Passes `file` to QEMU and follows the dump to its end, its timeout,
+    /// or the endpoint's removal.
+    async fn dump_to(
+        &self,
+        file: &fs::File,
+        paths: &DumpPaths,
+        ram: u64,
+        free: u64,
+    ) -> Result<(u64, f64), DumpError> {
+        let (client, env) = (self.client, self.env);
+        let fmt = env.cfg.dump_format;
+        client
+            .pass_fd(FDNAME, file.as_fd())
+            .await
+            .map_err(DumpError::PassFd)?;
+        let mut sub = client.subscribe();
+        let args = json!({
+            "paging": false,
+            "protocol": format!("fd:{FDNAME}"),
+            "detach": true,
+            "format": fmt.qapi_name(),
+        });
+        let limit = env.cfg.dump_timeout_for(ram);
+        self.action(
+            "started",
+            json!({"file": paths.final_path, "partial": paths.partial,
+                   "format": fmt.qapi_name(), "guest-ram": ram, "free": free,
+                   "timeout-seconds": limit.as_secs()}),
+            format!(
+                "dumping {} MiB of guest memory to {} ({fmt})",
+                ram >> 20,
+                paths.final_path.display()
+            ),
+        );
+        let t0 = Instant::now();
+        if let Err(e) = client.execute("dump-guest-memory", Some(args)).await {
+            // QEMU keeps a passed descriptor until a command takes it
+            let _ = client
+                .execute("closefd", Some(json!({"fdname": FDNAME})))
+                .await;
+            return Err(DumpError::Start(e));
+        }
+        let result = tokio::select! {
+            r = wait_dump(client, self.ctx, env, &mut sub) => r,
+            _ = tokio::time::sleep(limit) => Err(DumpError::Timeout(limit)),
+            _ = self.abort.cancelled() => Err(DumpError::Aborted),
+        };
+        env.log.progress_done(self.ctx);
+        result?;
+        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok((bytes, t0.elapsed().as_secs_f64()))
+    }
+}
+
+fn compact(v: &DumpQueryResult) -> String {
+    format!("status {}, {}/{} bytes", v.status, v.completed, v.total)
+}
+
+/// Waits for the dump's end: `DUMP_COMPLETED`, or `query-dump` saying it
+/// ended (if the event was missed). Shows progress meanwhile.
+async fn wait_dump(
+    client: &Client,
+    ctx: &Ctx,
+    env: &Env,
+    sub: &mut mpsc::Receiver<QmpEvent>,
+) -> Result<(), DumpError> {
+    let log = &env.log;
+    let mut tick = tokio::time::interval(env.cfg.poll_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut idle = 0;
+    loop {
+        tokio::select! {
+            n = sub.recv() => match n {
+                Some(e) if e.name == "DUMP_COMPLETED" => {
+                    let d: DumpCompleted = serde_json::from_value(e.data.clone())
+                        .map_err(|err| DumpError::Qemu(format!("malformed DUMP_COMPLETED ({err})")))?;
+                    if let Some(err) = d.error {
+                        return Err(DumpError::Qemu(crate::record::cap_str(&err, crate::record::MAX_TEXT)));
+                    }
+                    return match d.result.status.as_str() {
+                        "completed" => {
+                            log.progress(ctx, d.result.total, d.result.total);
+                            Ok(())
+                        }
+                        s => Err(DumpError::Status(crate::record::cap_str(s, 64))),
+                    };
+                }
+                Some(_) => {}
+                None => return Err(DumpError::Disconnected),
+            },
+            _ = tick.tick() => match client.query::<DumpQueryResult>("query-dump", None).await {
+                Ok(q) => {
+                    match q.status.as_str() {
+                        "active" => { idle = 0; log.progress(ctx, q.completed, q.total) }
+                        "completed" => { log.progress(ctx, q.total, q.total); return Ok(()) }
+                        "failed" => return Err(DumpError::QueryFailed),
+                        _ => {
+                            idle += 1;
+                            if idle >= 3 {
+                                return Err(DumpError::NotRunning(crate::record::cap_str(&compact(&q), 200)));
+                            }
+                        }
+                    }
+                }
+                Err(QmpError::Disconnected) => return Err(DumpError::Disconnected),
+                Err(_) => {}
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testutil::tempdir;
-    use std::time::Duration;
-
-    #[test]
-    fn stamps() {
-        assert_eq!(file_stamp(0), "19700101T000000Z");
-        assert_eq!(file_stamp(951_782_400), "20000229T000000Z"); // leap day
-        assert_eq!(file_stamp(1_763_712_000 + 3_723), "20251121T090203Z");
-        assert_eq!(file_stamp(4_102_444_799), "20991231T235959Z");
-        assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_millis(1_763_712_000_123)),
-            "2025-11-21T08:00:00.123Z"
-        );
-    }
 
     #[test]
     fn names() {
@@ -323,12 +597,13 @@ mod tests {
     fn finalize_is_atomic_and_never_overwrites() {
         let d = tempdir("finalize");
         let (p, _r) = choose_paths(&d, "vm", 0, DumpFormat::Elf);
+        let file = create_partial(&p).unwrap();
         fs::write(&p.partial, b"dump").unwrap();
         assert!(
             !p.final_path.exists(),
             "final name must not exist before finalize"
         );
-        let f = finalize(&p).unwrap();
+        let f = finalize(&p, &file).unwrap();
         assert_eq!(f, p.final_path);
         assert_eq!(fs::read(&f).unwrap(), b"dump");
         assert!(!p.partial.exists());
@@ -339,8 +614,9 @@ mod tests {
             partial: d.join(".again.partial"),
             final_path: f.clone(),
         };
+        let file = create_partial(&q).unwrap();
         fs::write(&q.partial, b"new").unwrap();
-        let g = finalize(&q).unwrap();
+        let g = finalize(&q, &file).unwrap();
         assert_eq!(g, d.join("vm-19700101T000000Z-1.elf"));
         assert_eq!(fs::read(&f).unwrap(), b"dump");
         assert_eq!(fs::read(&g).unwrap(), b"new");
@@ -350,8 +626,31 @@ mod tests {
             partial: d.join(".gone.partial"),
             final_path: d.join("gone.elf"),
         };
-        assert!(finalize(&r).is_err());
+        assert!(finalize(&r, &file).is_err());
         assert!(!r.final_path.exists());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn create_partial_never_follows_or_reuses() {
+        let d = tempdir("create");
+        let (p, _r) = choose_paths(&d, "vm", 0, DumpFormat::Elf);
+        // a symlink planted at the partial name is not followed
+        std::os::unix::fs::symlink("/etc/passwd", &p.partial).unwrap();
+        assert!(create_partial(&p).is_err());
+        fs::remove_file(&p.partial).unwrap();
+        // nor a FIFO (open would block) or an existing file
+        let c = std::ffi::CString::new(p.partial.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
+        assert_eq!(
+            create_partial(&p).unwrap_err().kind(),
+            io::ErrorKind::AlreadyExists
+        );
+        fs::remove_file(&p.partial).unwrap();
+        let f = create_partial(&p).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(f.metadata().unwrap().permissions().mode() & 0o777, 0o600);
         fs::remove_dir_all(&d).unwrap();
     }
 

@@ -7,16 +7,10 @@ use thiserror::Error;
 
 use crate::qmp::QmpError;
 
-/// An error that stops vigil (exit status 1).
+/// An error that stops vigil (exit status 1). Nothing a peer sends or
+/// lacks is one: what goes wrong with one VM stays with that VM.
 #[derive(Debug, Error)]
 pub enum WatchError {
-    #[error("QEMU {version} at {endpoint} cannot write dump format {want} (it supports: {})", .supported.join(", "))]
-    UnsupportedFormat {
-        version: String,
-        endpoint: String,
-        want: String,
-        supported: Vec<String>,
-    },
     #[error("watcher failed: {0}")]
     Task(String),
 }
@@ -26,6 +20,24 @@ pub enum WatchError {
 pub enum DumpError {
     #[error("no --dump-dir")]
     NoDumpDir,
+    #[error("QEMU {version} cannot write dump format {want} (it supports: {})", .supported.join(", "))]
+    UnsupportedFormat {
+        version: String,
+        want: String,
+        supported: Vec<String>,
+    },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("a tcp: endpoint cannot receive a descriptor: dumps need a unix: endpoint")]
+    NoDescriptors,
+    #[error("cannot create the dump file: {0}")]
+    Create(io::Error),
+    #[error("cannot pass the dump file to QEMU (getfd): {0}")]
+    PassFd(QmpError),
+    #[error("the dump did not end within {} s (--dump-timeout); abandoned", .0.as_secs())]
+    Timeout(std::time::Duration),
+    #[error("the endpoint is no longer watched: the dump was abandoned")]
+    Aborted,
     #[error("query-memory-size-summary: {0}")]
     MemorySize(QmpError),
     #[error("query-memory-size-summary gave no memory size")]
@@ -52,7 +64,7 @@ pub enum DumpError {
     NotRunning(String),
     #[error("QMP connection closed during the dump")]
     Disconnected,
-    #[error("cannot rename the completed dump: {0}")]
+    #[error("cannot sync and link the completed dump: {0}")]
     Finalize(io::Error),
     #[error("{error}; and removing {}: {discard}", .partial.display())]
     Discard {

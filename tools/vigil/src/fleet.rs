@@ -18,10 +18,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{self, FleetConfig, PolicySet};
+use crate::context::{Env, Target};
 use crate::endpoint::Endpoint;
 use crate::error::{ConfigError, WatchError};
 use crate::policy::Policies;
-use crate::watcher::{self, Env, Target};
+use crate::record::{Body, Record};
+use crate::session::Stops;
+use crate::watcher;
 
 /// Where endpoints come from, as given on the command line.
 #[derive(Clone, Debug, Default)]
@@ -72,6 +75,19 @@ pub fn scan(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     Ok(v)
 }
 
+/// Who must be at the other end of `ep`: the file's `peer-user` and
+/// `peer-cgroup` for it, else only the default checks (`peer.rs`); `None`
+/// for `tcp:`.
+fn expect_for(file: Option<&FleetConfig>, ep: &Endpoint) -> Option<crate::peer::Expect> {
+    match file {
+        Some(f) => f.expect(ep),
+        None => match ep {
+            Endpoint::Unix(p) => Some(crate::peer::Expect::new(p.clone())),
+            Endpoint::Tcp { .. } => None,
+        },
+    }
+}
+
 /// Puts together the endpoints wanted.
 pub fn desired(
     src: &Sources,
@@ -84,6 +100,7 @@ pub fn desired(
         let t = Target {
             name: None,
             policies: base,
+            expect: expect_for(file, ep),
         };
         if d.insert(ep.to_string(), (ep.clone(), t)).is_some() {
             return Err(ConfigError::Duplicate(ep.to_string()));
@@ -93,6 +110,7 @@ pub fn desired(
         let t = Target {
             name: e.name.clone(),
             policies: e.policies.over(base),
+            expect: expect_for(file, &e.endpoint),
         };
         if d.insert(e.endpoint.to_string(), (e.endpoint.clone(), t))
             .is_some()
@@ -102,11 +120,13 @@ pub fn desired(
     }
     for s in sockets {
         let ep = Endpoint::Unix(s.clone());
+        let expect = expect_for(file, &ep);
         d.entry(ep.to_string()).or_insert((
             ep,
             Target {
                 name: None,
                 policies: base,
+                expect,
             },
         ));
     }
@@ -121,7 +141,9 @@ pub fn desired(
 
 struct Member {
     tx: watch::Sender<Target>,
-    cancel: CancellationToken,
+    /// Cancelled when the endpoint is removed: its session, queued and
+    /// running dumps are abandoned and its metrics go.
+    abort: CancellationToken,
 }
 
 /// The running watchers.
@@ -175,7 +197,7 @@ impl Fleet {
             .collect();
         for k in gone {
             if let Some(m) = self.members.remove(&k) {
-                m.cancel.cancel();
+                m.abort.cancel();
             }
             ch.removed.push(k);
         }
@@ -189,26 +211,20 @@ impl Fleet {
                 }
                 None => {
                     let (tx, rx) = watch::channel(t.clone());
-                    let cancel = self.root.child_token();
-                    let (env, ep2, c2, fatal) = (
-                        self.env.clone(),
-                        ep.clone(),
-                        cancel.clone(),
-                        self.fatal.clone(),
-                    );
+                    let abort = CancellationToken::new();
+                    let stops = Stops {
+                        stop: self.root.clone(),
+                        abort: abort.clone(),
+                    };
+                    let (env, ep2, fatal) = (self.env.clone(), ep.clone(), self.fatal.clone());
                     self.watchers.spawn(async move {
-                        let h = tokio::spawn(watcher::watch(ep2, env, rx, c2));
-                        match h.await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(e)) => {
-                                let _ = fatal.send(e);
-                            }
-                            Err(e) => {
-                                let _ = fatal.send(WatchError::Task(e.to_string()));
-                            }
+                        // a watcher that panics is a bug: said, and only that
+                        // VM stops being watched
+                        if let Err(e) = tokio::spawn(watcher::watch(ep2, env, rx, stops)).await {
+                            let _ = fatal.send(WatchError::Task(e.to_string()));
                         }
                     });
-                    self.members.insert(k.clone(), Member { tx, cancel });
+                    self.members.insert(k.clone(), Member { tx, abort });
                     ch.added.push(k.clone());
                 }
             }
@@ -289,7 +305,31 @@ fn scan_all(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigError> {
     Ok(v)
 }
 
-/// Runs until a signal (or a fatal error); returns the exit status.
+/// The longest a configuration read or a directory scan may take (they run
+/// off the async thread; a hung file system must not stop the watchers).
+const FS_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn scan_off_thread(dirs: Vec<PathBuf>) -> Result<Vec<PathBuf>, ConfigError> {
+    let first = dirs.first().cloned().unwrap_or_default();
+    match tokio::time::timeout(
+        FS_TIMEOUT,
+        tokio::task::spawn_blocking(move || scan_all(&dirs)),
+    )
+    .await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(ConfigError::WatchDir {
+            dir: first,
+            source: std::io::Error::other(e.to_string()),
+        }),
+        Err(_) => Err(ConfigError::WatchDir {
+            dir: first,
+            source: std::io::Error::new(std::io::ErrorKind::TimedOut, "scan took more than 10 s"),
+        }),
+    }
+}
+
+/// Runs until a signal; returns the exit status.
 pub async fn run(plan: Plan) -> u8 {
     let Plan {
         sources,
@@ -318,51 +358,42 @@ pub async fn run(plan: Plan) -> u8 {
     let (mut _dir_watchers, mut dir_rx) = match watch_directories(&dirs) {
         Ok(x) => x,
         Err(e) => {
-            log.record(
-                None,
-                "error",
-                json!({"error": e.to_string()}),
-                Some(&e.to_string()),
-            );
+            log.error(None, e.to_string());
             return 1;
         }
     };
-    let initial = scan_all(&dirs).and_then(|s| desired(&sources, file.as_ref(), &s));
+    let initial = match scan_off_thread(dirs.clone()).await {
+        Ok(s) => desired(&sources, file.as_ref(), &s),
+        Err(e) => Err(e),
+    };
     match initial {
         Ok(d) => {
             fleet.apply(&d);
         }
         Err(e) => {
-            log.record(
-                None,
-                "error",
-                json!({"error": e.to_string()}),
-                Some(&e.to_string()),
-            );
+            log.error(None, e.to_string());
             return 1;
         }
     }
 
     let mut rescan = tokio::time::interval(Duration::from_secs(30));
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut code = 0u8;
     let mut stopping = false;
     let stop = |name: &str, n: &mut u32| {
         *n += 1;
         if *n >= 2 {
-            log.record(
-                None,
-                "shutdown",
-                json!({"status": "forced", "signal": name}),
-                Some(&format!("{name} again: exiting now")),
+            log.emit(
+                Record::new(None, Body::Shutdown("forced"))
+                    .with(json!({"signal": name}))
+                    .say(format!("{name} again: exiting now")),
             );
+            log.flush(Duration::from_secs(1));
             std::process::exit(130);
         }
-        log.record(
-            None,
-            "shutdown",
-            json!({"status": "stopping", "signal": name}),
-            Some(&format!("{name}: stopping")),
+        log.emit(
+            Record::new(None, Body::Shutdown("stopping"))
+                .with(json!({"signal": name}))
+                .say(format!("{name}: stopping")),
         );
     };
     let mut signals = 0u32;
@@ -372,25 +403,27 @@ pub async fn run(plan: Plan) -> u8 {
             _ = sigint.recv() => { stop("SIGINT", &mut signals); stopping = true; }
             _ = sigterm.recv() => { stop("SIGTERM", &mut signals); stopping = true; }
             _ = sighup.recv(), if !stopping => {
-                let res = reload(&sources, &mut file, &mut dirs);
-                match res {
-                    Ok((d, new_dirs)) => {
+                match reload(&sources, &dirs).await {
+                    Ok((new_file, d, new_dirs)) => {
+                        file = new_file;
                         if let Some(nd) = new_dirs {
                             match watch_directories(&nd) {
                                 Ok((w, r)) => { _dir_watchers = w; dir_rx = r; dirs = nd; }
-                                Err(e) => log.record(None, "warning", json!({"warning": e.to_string()}), Some(&e.to_string())),
+                                Err(e) => log.warn(None, e.to_string()),
                             }
                         }
                         let ch = fleet.apply(&d);
                         crate::metrics::Metrics::result(&metrics.reloads, "ok");
-                        log.record(None, "reload", json!({"status": "ok", "added": ch.added, "removed": ch.removed, "changed": ch.changed, "endpoints": fleet.len()}),
-                            Some(&format!("SIGHUP: configuration reloaded: {} endpoint(s), {} added, {} removed, {} changed",
+                        log.emit(Record::new(None, Body::Reload("ok"))
+                            .with(json!({"added": ch.added, "removed": ch.removed, "changed": ch.changed, "endpoints": fleet.len()}))
+                            .say(format!("SIGHUP: configuration reloaded: {} endpoint(s), {} added, {} removed, {} changed",
                                 fleet.len(), ch.added.len(), ch.removed.len(), ch.changed.len())));
                     }
                     Err(e) => {
                         crate::metrics::Metrics::result(&metrics.reloads, "failed");
-                        log.record(None, "reload", json!({"status": "failed", "error": e.to_string()}),
-                            Some(&format!("SIGHUP: configuration not reloaded, the running one stays: {e}")));
+                        log.emit(Record::new(None, Body::Reload("failed"))
+                            .with(json!({"error": e.to_string()}))
+                            .say(format!("SIGHUP: configuration not reloaded, the running one stays: {e}")));
                     }
                 }
             }
@@ -398,18 +431,13 @@ pub async fn run(plan: Plan) -> u8 {
                 // let a burst of changes settle, then look once
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 while dir_rx.try_recv().is_ok() {}
-                rescan_dirs(&sources, file.as_ref(), &dirs, &mut fleet, &log);
+                rescan_dirs(&sources, file.as_ref(), &dirs, &mut fleet, &log).await;
             }
             _ = rescan.tick(), if !stopping && !dirs.is_empty() => {
-                rescan_dirs(&sources, file.as_ref(), &dirs, &mut fleet, &log);
+                rescan_dirs(&sources, file.as_ref(), &dirs, &mut fleet, &log).await;
             }
             Some(e) = fatal_rx.recv() => {
-                if code == 0 {
-                    log.record(None, "shutdown", json!({"status": "fatal", "error": e.to_string()}),
-                        Some(&format!("fatal: {e}; stopping")));
-                }
-                code = 1;
-                stopping = true;
+                log.error(None, format!("{e} (a bug: please report it); the other VMs are still watched"));
             }
             _ = done_rx.recv() => break,
         }
@@ -432,65 +460,79 @@ pub async fn run(plan: Plan) -> u8 {
     fleet.stop().await;
     hooks.close();
     let _ = tokio::time::timeout(hook_timeout + Duration::from_secs(1), hooks.wait()).await;
-    log.record(
-        None,
-        "shutdown",
-        json!({"status": "exited", "code": code}),
-        None,
-    );
-    code
+    log.emit(Record::new(None, Body::Shutdown("exited")).with(json!({"code": 0})));
+    log.flush(Duration::from_secs(2));
+    0
 }
 
-fn rescan_dirs(
+async fn rescan_dirs(
     sources: &Sources,
     file: Option<&FleetConfig>,
     dirs: &[PathBuf],
     fleet: &mut Fleet,
     log: &crate::log::Logger,
 ) {
-    match scan_all(dirs).and_then(|s| desired(sources, file, &s)) {
+    let found = scan_off_thread(dirs.to_vec()).await;
+    match found.and_then(|s| desired(sources, file, &s)) {
         Ok(d) => {
             let ch = fleet.apply(&d);
             if !ch.added.is_empty() || !ch.removed.is_empty() {
-                log.record(
-                    None,
-                    "watch-dir",
-                    json!({"added": ch.added, "removed": ch.removed, "endpoints": fleet.len()}),
-                    Some(&format!(
-                        "watch directory: {} socket(s) appeared, {} went ({} endpoint(s) watched)",
-                        ch.added.len(),
-                        ch.removed.len(),
-                        fleet.len()
-                    )),
+                log.emit(
+                    Record::new(None, Body::WatchDir)
+                        .with(json!({"added": ch.added, "removed": ch.removed, "endpoints": fleet.len()}))
+                        .say(format!(
+                            "watch directory: {} socket(s) appeared, {} went ({} endpoint(s) watched)",
+                            ch.added.len(),
+                            ch.removed.len(),
+                            fleet.len()
+                        )),
                 );
             }
         }
-        Err(e) => log.record(
-            None,
-            "warning",
-            json!({"warning": e.to_string()}),
-            Some(&e.to_string()),
-        ),
+        Err(e) => log.warn(None, e.to_string()),
     }
 }
 
-/// Reads the file again. Returns what is wanted now and, if they changed,
-/// the new watch directories.
-fn reload(
+/// Reads the file again (off the async thread). Returns it, what is wanted
+/// now and, if they changed, the new watch directories.
+async fn reload(
     sources: &Sources,
-    file: &mut Option<FleetConfig>,
-    dirs: &mut [PathBuf],
-) -> Result<(Desired, Option<Vec<PathBuf>>), ConfigError> {
-    let new = match &sources.config {
-        Some(p) => Some(config::load(p)?),
+    dirs: &[PathBuf],
+) -> Result<(Option<FleetConfig>, Desired, Option<Vec<PathBuf>>), ConfigError> {
+    let new = match sources.config.clone() {
+        Some(p) => {
+            let p2 = p.clone();
+            match tokio::time::timeout(
+                FS_TIMEOUT,
+                tokio::task::spawn_blocking(move || config::load(&p2)),
+            )
+            .await
+            {
+                Ok(Ok(r)) => Some(r?),
+                Ok(Err(e)) => {
+                    return Err(ConfigError::Read {
+                        path: p,
+                        source: std::io::Error::other(e.to_string()),
+                    })
+                }
+                Err(_) => {
+                    return Err(ConfigError::Read {
+                        path: p,
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "reading took more than 10 s",
+                        ),
+                    })
+                }
+            }
+        }
         None => None,
     };
     let new_dirs = watch_dirs(sources, new.as_ref());
-    let sockets = scan_all(&new_dirs)?;
+    let sockets = scan_off_thread(new_dirs.clone()).await?;
     let d = desired(sources, new.as_ref(), &sockets)?;
-    *file = new;
-    let changed = (new_dirs.as_slice() != &*dirs).then_some(new_dirs);
-    Ok((d, changed))
+    let changed = (new_dirs.as_slice() != dirs).then_some(new_dirs);
+    Ok((new, d, changed))
 }
 
 #[cfg(test)]

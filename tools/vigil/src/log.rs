@@ -1,70 +1,177 @@
-//! Output: JSON-lines records (one per event and action) and one-line human
-//! summaries on stderr, with a dump progress bar when stderr is a terminal.
+//! The outputs: every [`Record`] goes to the metrics, the JSON-lines sinks,
+//! the human line on stderr and, for events and actions, the `--notify`
+//! hook.
+//!
+//! Nothing here blocks the async runtime: each sink has its own writer
+//! thread fed through a bounded queue ([`SINK_QUEUE`] lines). A sink that
+//! blocks (a `--log-json` pipe nobody reads, a hung file system) fills its
+//! queue; further lines for it are dropped and counted
+//! (`vigil_records_dropped_total{sink="log"}`), and the writer says how many
+//! were dropped once it can write again. Actions, the hook and `/metrics`
+//! go on meanwhile.
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::sync::Mutex;
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
-use serde_json::{Map, Value};
+use crate::hooks::Hook;
+use crate::metrics::Metrics;
+use crate::record::{Body, ProtocolKind, Record};
 
-use crate::dump::rfc3339;
+pub use crate::record::Ctx;
 
-/// Which VM a record is about.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Ctx {
-    pub endpoint: String,
-    pub vm: String,
+/// Lines waiting for one sink; more are dropped (and counted).
+pub const SINK_QUEUE: usize = 4096;
+
+enum Msg {
+    Line(Vec<u8>),
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+/// One output stream, written by its own thread.
+struct Sink {
+    tx: SyncSender<Msg>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Sink {
+    /// `json`: the writer reports drops as a JSON record, else as a line.
+    fn start(mut out: Box<dyn Write + Send>, json: bool) -> Sink {
+        let (tx, rx) = sync_channel::<Msg>(SINK_QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let d2 = dropped.clone();
+        let spawned = std::thread::Builder::new()
+            .name("vigil-log".into())
+            .spawn(move || {
+                while let Ok(m) = rx.recv() {
+                    match m {
+                        Msg::Line(l) => {
+                            let n = d2.swap(0, Ordering::Relaxed);
+                            if n > 0 {
+                                let rec = Record::new(
+                                    None,
+                                    Body::Dropped {
+                                        sink: "log",
+                                        count: n,
+                                    },
+                                )
+                                .say(format!("log output blocked: {n} record(s) dropped"));
+                                let note = if json {
+                                    format!("{}\n", rec.to_json())
+                                } else {
+                                    format!("{}\n", rec.human_line().unwrap_or_default())
+                                };
+                                let _ = out.write_all(note.as_bytes());
+                            }
+                            let _ = out.write_all(&l);
+                            let _ = out.flush();
+                        }
+                        Msg::Flush(done) => {
+                            let _ = out.flush();
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            });
+        if spawned.is_err() {
+            // no thread: the queue fills and every line counts as dropped
+            eprintln!("vigil: cannot start a log writer thread");
+        }
+        Sink { tx, dropped }
+    }
+
+    /// Queues `line`; false if it was dropped.
+    fn send(&self, line: Vec<u8>) -> bool {
+        match self.tx.try_send(Msg::Line(line)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
 }
 
 pub struct Logger {
-    inner: Mutex<Inner>,
-    /// `--notify`: event and action records are offered to it.
-    hook: std::sync::OnceLock<crate::hooks::Hook>,
-}
-
-/// The VM a record is about, from its `endpoint` and `vm` fields.
-pub fn ctx_of(rec: &Value) -> Option<Ctx> {
-    Some(Ctx {
-        endpoint: rec.get("endpoint")?.as_str()?.to_string(),
-        vm: rec.get("vm")?.as_str()?.to_string(),
-    })
-}
-
-struct Inner {
-    json: Vec<Box<dyn Write + Send>>,
-    human: Option<Box<dyn Write + Send>>,
+    json: Vec<Sink>,
+    human: Option<Sink>,
     tty: bool,
+    progress: Mutex<Progress>,
+    metrics: Arc<Metrics>,
+    /// `--notify`: event and action records are offered to it.
+    hook: OnceLock<Hook>,
+}
+
+#[derive(Default)]
+struct Progress {
     bar_on_screen: bool,
     last_decile: HashMap<String, u64>,
 }
 
-/// Builds a JSON-lines record: `time`, `endpoint`, `vm`, `type`, then the
-/// fields of `fields` (an object; anything else is put under `data`).
-pub fn make_record(time: SystemTime, ctx: Option<&Ctx>, kind: &str, fields: Value) -> Value {
-    let mut m = Map::new();
-    m.insert("time".into(), rfc3339(time).into());
-    if let Some(c) = ctx {
-        m.insert("endpoint".into(), c.endpoint.clone().into());
-        m.insert("vm".into(), c.vm.clone().into());
-    }
-    m.insert("type".into(), kind.into());
-    match fields {
-        Value::Object(f) => {
-            for (k, v) in f {
-                m.entry(k).or_insert(v);
-            }
-        }
-        Value::Null => {}
-        other => {
-            m.insert("data".into(), other);
-        }
-    }
-    Value::Object(m)
-}
-
 fn mib(b: u64) -> String {
     format!("{:.0}", b as f64 / (1u64 << 20) as f64)
+}
+
+/// Updates the metrics a record stands for: events, stalls, protocol
+/// errors, actions, identity problems, drops.
+pub fn count(m: &Metrics, rec: &Record) {
+    let vm = rec.vm().unwrap_or("");
+    match &rec.body {
+        Body::Event(e) => {
+            m.event(vm, &e.name, e.repeat);
+            if let Some(stage) = e.stall_stage() {
+                let cpu = match e.data.get("cpu-index") {
+                    Some(serde_json::Value::Number(n)) => n.to_string(),
+                    _ => "unknown".into(),
+                };
+                let stage = if matches!(stage, "warning" | "action") {
+                    stage
+                } else {
+                    "unknown"
+                };
+                m.stall(vm, &cpu, stage, e.repeat);
+            }
+        }
+        Body::Protocol { kind, repeat, .. } => m.protocol_error(
+            vm,
+            match kind {
+                ProtocolKind::Malformed => "malformed",
+                ProtocolKind::Unexpected => "unexpected",
+            },
+            *repeat,
+        ),
+        Body::Action {
+            action,
+            status,
+            policy,
+        } => {
+            if matches!(
+                *status,
+                "completed" | "failed" | "ok" | "timeout" | "refused"
+            ) {
+                m.action(vm, policy, action, status);
+                if *action == "dump" {
+                    Metrics::result(&m.dumps, status);
+                }
+            }
+            if *action == "dump" && *status == "timeout" {
+                m.dump_timeout(vm);
+            }
+        }
+        Body::NameMismatch { .. } => m.name_mismatch(vm),
+        Body::Connection(crate::record::ConnStatus::Refused) => {
+            let reason = rec
+                .extra
+                .get("reason")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("other");
+            m.peer_refused(vm, reason);
+        }
+        _ => {}
+    }
 }
 
 impl Logger {
@@ -74,118 +181,160 @@ impl Logger {
         json: Vec<Box<dyn Write + Send>>,
         human: Option<Box<dyn Write + Send>>,
         tty: bool,
+        metrics: Arc<Metrics>,
     ) -> Logger {
         Logger {
-            inner: Mutex::new(Inner {
-                json,
-                human,
-                tty,
-                bar_on_screen: false,
-                last_decile: HashMap::new(),
-            }),
-            hook: std::sync::OnceLock::new(),
+            json: json.into_iter().map(|w| Sink::start(w, true)).collect(),
+            human: human.map(|w| Sink::start(w, false)),
+            tty,
+            progress: Mutex::new(Progress::default()),
+            metrics,
+            hook: OnceLock::new(),
         }
     }
 
     /// Installs the `--notify` hook (once).
-    pub fn set_hook(&self, hook: crate::hooks::Hook) {
+    pub fn set_hook(&self, hook: Hook) {
         let _ = self.hook.set(hook);
     }
 
-    /// Writes one record to every JSON sink and, if given, a human line.
-    /// Output errors (a closed stdout, a full disk) are ignored: logging
-    /// never stops the watcher.
-    pub fn record(&self, ctx: Option<&Ctx>, kind: &str, fields: Value, human: Option<&str>) {
-        let rec = make_record(SystemTime::now(), ctx, kind, fields);
-        self.write(&rec, ctx, human);
-        if kind == "event" || kind == "action" {
-            if let Some(dropped) = self.hook.get().and_then(|h| h.offer(&rec)) {
-                if dropped == 1 || dropped % 1000 == 0 {
-                    self.record(
-                        None,
-                        "warning",
-                        serde_json::json!({"warning": "--notify cannot keep up: records dropped", "dropped": dropped}),
-                        Some(&format!("--notify cannot keep up: {dropped} record(s) not passed on so far")),
-                    );
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Reports one record: metrics, JSON sinks, human line, hook. Never
+    /// blocks: a full sink or hook queue drops (and counts) it.
+    pub fn emit(&self, rec: Record) {
+        count(&self.metrics, &rec);
+        let vm = rec.vm().map(str::to_string);
+        if !self.json.is_empty() {
+            let mut line = rec.to_json().to_string().into_bytes();
+            line.push(b'\n');
+            for s in &self.json {
+                if !s.send(line.clone()) {
+                    self.metrics.dropped(vm.as_deref(), "log", 1);
                 }
+            }
+        }
+        if let (Some(h), Some(text)) = (&self.human, rec.human_line()) {
+            let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+            let mut line = Vec::new();
+            if std::mem::take(&mut p.bar_on_screen) {
+                line.extend_from_slice(b"\r\x1b[K");
+            }
+            line.extend_from_slice(text.as_bytes());
+            line.push(b'\n');
+            if !h.send(line) {
+                self.metrics.dropped(vm.as_deref(), "log", 1);
+            }
+        }
+        if let Some(prio) = rec.priority() {
+            if let Some(hook) = self.hook.get() {
+                hook.offer(rec, prio);
             }
         }
     }
 
-    fn write(&self, rec: &Value, ctx: Option<&Ctx>, human: Option<&str>) {
-        let mut line = rec.to_string();
-        line.push('\n');
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        for sink in g.json.iter_mut() {
-            let _ = sink.write_all(line.as_bytes());
-            let _ = sink.flush();
+    /// Shorthand: a record of `body` with JSON `fields` and a human line.
+    pub fn record(
+        &self,
+        ctx: Option<&Ctx>,
+        body: Body,
+        fields: serde_json::Value,
+        human: Option<&str>,
+    ) {
+        let mut r = Record::new(ctx, body).with(fields);
+        if let Some(h) = human {
+            r = r.say(h);
         }
-        if let Some(text) = human {
-            let who = ctx.map(|c| format!("{}: ", c.vm)).unwrap_or_default();
-            let clear = std::mem::take(&mut g.bar_on_screen);
-            if let Some(h) = g.human.as_mut() {
-                if clear {
-                    let _ = h.write_all(b"\r\x1b[K");
-                }
-                let _ = writeln!(h, "vigil: {who}{text}");
-                let _ = h.flush();
+        self.emit(r);
+    }
+
+    /// Waits (up to `timeout`) until every sink wrote what it was given.
+    pub fn flush(&self, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        for s in self.json.iter().chain(self.human.iter()) {
+            let (tx, rx) = std::sync::mpsc::channel();
+            if s.tx.try_send(Msg::Flush(tx)).is_ok() {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                let _ = rx.recv_timeout(left);
             }
         }
     }
 
     /// Dump progress: a bar redrawn in place on a terminal, otherwise one
-    /// line per 10% step.
+    /// line per 10% step. `total` 0 (QEMU did not say) shows bytes only.
     pub fn progress(&self, ctx: &Ctx, done: u64, total: u64) {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(h) = &self.human else { return };
+        let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        let vm = crate::record::escape(&ctx.vm);
+        if total == 0 {
+            if p.last_decile.insert(ctx.endpoint.clone(), 0).is_none() {
+                h.send(
+                    format!("vigil: {vm}: dump running ({} MiB written)\n", mib(done)).into_bytes(),
+                );
+            }
+            return;
+        }
         let pct = (done.min(total).saturating_mul(100))
             .checked_div(total)
             .unwrap_or(0);
-        if g.tty {
+        if self.tty {
             let width = 30usize;
             let filled = (pct as usize * width) / 100;
             let bar = format!("{}{}", "#".repeat(filled), ".".repeat(width - filled));
             let text = format!(
-                "\r\x1b[Kvigil: {}: dump [{bar}] {pct:3}% {}/{} MiB",
-                ctx.vm,
+                "\r\x1b[Kvigil: {vm}: dump [{bar}] {pct:3}% {}/{} MiB",
                 mib(done),
                 mib(total)
             );
-            g.bar_on_screen = true;
-            if let Some(h) = g.human.as_mut() {
-                let _ = h.write_all(text.as_bytes());
-                let _ = h.flush();
-            }
+            p.bar_on_screen = true;
+            h.send(text.into_bytes());
         } else {
             let decile = pct / 10;
-            let key = ctx.endpoint.clone();
-            let last = g.last_decile.get(&key).copied();
+            let last = p.last_decile.get(&ctx.endpoint).copied();
             if last.is_some_and(|l| l >= decile) {
                 return;
             }
-            g.last_decile.insert(key, decile);
-            if let Some(h) = g.human.as_mut() {
-                let _ = writeln!(
-                    h,
-                    "vigil: {}: dump {pct}% ({}/{} MiB)",
-                    ctx.vm,
+            p.last_decile.insert(ctx.endpoint.clone(), decile);
+            h.send(
+                format!(
+                    "vigil: {vm}: dump {pct}% ({}/{} MiB)\n",
                     mib(done),
                     mib(total)
-                );
-                let _ = h.flush();
-            }
+                )
+                .into_bytes(),
+            );
         }
     }
 
     /// Forgets the progress state of `ctx` (a dump ended).
     pub fn progress_done(&self, ctx: &Ctx) {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.last_decile.remove(&ctx.endpoint);
-        if std::mem::take(&mut g.bar_on_screen) {
-            if let Some(h) = g.human.as_mut() {
-                let _ = h.write_all(b"\r\x1b[K");
-                let _ = h.flush();
+        let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        p.last_decile.remove(&ctx.endpoint);
+        if std::mem::take(&mut p.bar_on_screen) {
+            if let Some(h) = &self.human {
+                h.send(b"\r\x1b[K".to_vec());
             }
         }
+    }
+
+    /// A `warning` record.
+    pub fn warn(&self, ctx: Option<&Ctx>, msg: String) {
+        self.emit(Record::new(ctx, Body::Warning(msg.clone())).say(msg));
+    }
+
+    /// An `error` record.
+    pub fn error(&self, ctx: Option<&Ctx>, msg: String) {
+        self.emit(Record::new(ctx, Body::Error(msg.clone())).say(msg));
+    }
+}
+
+/// Records the `--notify` runner reports (its outcomes), passed on to the
+/// logger by a task of the caller's.
+pub async fn forward(log: Arc<Logger>, mut rx: tokio::sync::mpsc::Receiver<Record>) {
+    while let Some(r) = rx.recv().await {
+        log.emit(r);
     }
 }
 
@@ -194,7 +343,6 @@ mod tests {
     use super::*;
     use crate::testutil::SharedBuf;
     use serde_json::json;
-    use std::time::{Duration, UNIX_EPOCH};
 
     fn ctx() -> Ctx {
         Ctx {
@@ -203,46 +351,36 @@ mod tests {
         }
     }
 
-    #[test]
-    fn records_have_the_common_fields() {
-        let t = UNIX_EPOCH + Duration::from_millis(1_763_712_000_500);
-        let r = make_record(
-            t,
-            Some(&ctx()),
-            "event",
-            json!({"event": "GUEST_PANICKED", "vm": "not me"}),
-        );
-        assert_eq!(r["time"], "2025-11-21T08:00:00.500Z");
-        assert_eq!(r["type"], "event");
-        assert_eq!(r["vm"], "web1", "common fields win over same-named fields");
-        assert_eq!(r["endpoint"], "unix:/run/web1.qmp");
-        assert_eq!(r["event"], "GUEST_PANICKED");
-        let r = make_record(t, None, "startup", json!([1]));
-        assert_eq!(r["data"], json!([1]));
-        assert!(r.get("vm").is_none());
+    fn logger(json: &SharedBuf, human: &SharedBuf, tty: bool) -> Logger {
+        Logger::new(
+            vec![Box::new(json.clone())],
+            Some(Box::new(human.clone())),
+            tty,
+            Arc::new(Metrics::new()),
+        )
     }
 
     #[test]
     fn json_lines_and_human_lines() {
-        let json_out = SharedBuf::default();
-        let human = SharedBuf::default();
-        let log = Logger::new(
-            vec![Box::new(json_out.clone())],
-            Some(Box::new(human.clone())),
-            false,
-        );
+        let (json_out, human) = (SharedBuf::default(), SharedBuf::default());
+        let log = logger(&json_out, &human, false);
         log.record(
             Some(&ctx()),
-            "event",
-            json!({"event": "GUEST_PANICKED", "data": {"action": "pause"}}),
+            Body::Warning("w".into()),
+            json!({"data": {"action": "pause"}}),
             Some("GUEST_PANICKED (action pause): coredump-restart"),
         );
         log.record(
             Some(&ctx()),
-            "action",
-            json!({"action": "dump", "status": "started", "note": "a \"quoted\"\nline"}),
+            Body::Action {
+                action: "dump",
+                status: "started",
+                policy: "coredump-restart",
+            },
+            json!({"note": "a \"quoted\"\nline"}),
             None,
         );
+        log.flush(Duration::from_secs(5));
         let recs = json_out.records();
         assert_eq!(recs.len(), 2);
         assert_eq!(recs[0]["data"]["action"], "pause");
@@ -257,24 +395,34 @@ mod tests {
     #[test]
     fn progress_lines_without_a_terminal() {
         let human = SharedBuf::default();
-        let log = Logger::new(vec![], Some(Box::new(human.clone())), false);
+        let log = logger(&SharedBuf::default(), &human, false);
         for done in [0u64, 5, 12, 18, 55, 100] {
             log.progress(&ctx(), done << 20, 100 << 20);
         }
         log.progress_done(&ctx());
+        log.progress(&ctx(), 7 << 20, 0);
+        log.progress(&ctx(), 9 << 20, 0);
+        log.flush(Duration::from_secs(5));
         assert_eq!(
             human.text(),
             "vigil: web1: dump 0% (0/100 MiB)\nvigil: web1: dump 12% (12/100 MiB)\n\
-             vigil: web1: dump 55% (55/100 MiB)\nvigil: web1: dump 100% (100/100 MiB)\n"
+             vigil: web1: dump 55% (55/100 MiB)\nvigil: web1: dump 100% (100/100 MiB)\n\
+             vigil: web1: dump running (7 MiB written)\n"
         );
     }
 
     #[test]
     fn progress_bar_on_a_terminal() {
         let human = SharedBuf::default();
-        let log = Logger::new(vec![], Some(Box::new(human.clone())), true);
+        let log = logger(&SharedBuf::default(), &human, true);
         log.progress(&ctx(), 50 << 20, 100 << 20);
-        log.record(Some(&ctx()), "x", json!({}), Some("done"));
+        log.record(
+            Some(&ctx()),
+            Body::Warning("x".into()),
+            json!({}),
+            Some("done"),
+        );
+        log.flush(Duration::from_secs(5));
         let t = human.text();
         assert!(
             t.starts_with(
@@ -283,5 +431,37 @@ mod tests {
             "{t:?}"
         );
         assert!(t.ends_with("\r\x1b[Kvigil: web1: done\n"), "{t:?}");
+    }
+
+    /// A sink that never returns from write (a pipe nobody reads).
+    struct Stuck(Arc<std::sync::Barrier>);
+    impl Write for Stuck {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            self.0.wait();
+            std::thread::sleep(Duration::from_secs(3600));
+            Ok(0)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_blocked_sink_drops_and_counts_instead_of_blocking() {
+        let b = Arc::new(std::sync::Barrier::new(2));
+        let m = Arc::new(Metrics::new());
+        let log = Logger::new(vec![Box::new(Stuck(b.clone()))], None, false, m.clone());
+        log.warn(Some(&ctx()), "first".into());
+        b.wait(); // the writer is stuck in write()
+        let t0 = std::time::Instant::now();
+        for i in 0..(SINK_QUEUE + 500) {
+            log.warn(Some(&ctx()), format!("w{i}"));
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "emit blocked");
+        let t = m.text();
+        assert!(
+            t.contains(r#"vigil_records_dropped_total{vm="web1",sink="log"} 500"#),
+            "{t}"
+        );
     }
 }

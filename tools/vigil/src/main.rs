@@ -14,21 +14,25 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use vigil::cli::Cli;
+use vigil::context::{Config, Env};
 use vigil::dump::stale_partials;
 use vigil::error::ConfigError;
 use vigil::fleet::{self, Plan, Sources};
 use vigil::hooks::{self, HookConfig};
 use vigil::log::Logger;
 use vigil::metrics::{self, Metrics};
-use vigil::watcher::{Config, Env};
+use vigil::record::{Body, Record};
 
 fn usage_error(kind: ErrorKind, msg: String) -> ! {
     Cli::command().error(kind, msg).exit()
 }
 
-/// Creates (mode 0700) and checks the dump directory; returns its absolute path,
-/// which is what QEMU is given.
+/// Creates (mode 0700) and checks the dump directory; returns its absolute
+/// path. vigil creates the dump files there itself and hands QEMU their
+/// descriptors, so the directory must be vigil's alone: owned by vigil's
+/// user and writable by nobody else (QEMU's user needs no access).
 fn prepare_dump_dir(dir: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::MetadataExt;
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -36,6 +40,23 @@ fn prepare_dump_dir(dir: &Path) -> Result<PathBuf, String> {
         .map_err(|e| format!("cannot create dump directory {}: {e}", dir.display()))?;
     let dir =
         fs::canonicalize(dir).map_err(|e| format!("dump directory {}: {e}", dir.display()))?;
+    let md = fs::metadata(&dir).map_err(|e| format!("dump directory {}: {e}", dir.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if md.uid() != me {
+        return Err(format!(
+            "dump directory {} belongs to uid {}, not to vigil's user (uid {me}): vigil creates the dump files itself; chown it to vigil's user",
+            dir.display(),
+            md.uid()
+        ));
+    }
+    if md.mode() & 0o022 != 0 {
+        return Err(format!(
+            "dump directory {} is writable by group or others (mode {:04o}): only vigil may write there (QEMU gets each dump file as a descriptor); chmod 0750 or 0700",
+            dir.display(),
+            md.mode() & 0o7777
+        ));
+    }
     let probe = dir.join(format!(".vigil-probe-{}", std::process::id()));
     fs::write(&probe, b"")
         .and_then(|_| fs::remove_file(&probe))
@@ -126,7 +147,12 @@ fn main() -> ExitCode {
     } else {
         Some(Box::new(stderr))
     };
-    let log = Arc::new(Logger::new(json_sinks, human, tty));
+    let log = Arc::new(Logger::new(
+        json_sinks,
+        human,
+        tty,
+        Arc::new(Metrics::new()),
+    ));
 
     let cfg = Config {
         dump_dir,
@@ -135,6 +161,8 @@ fn main() -> ExitCode {
         reconnect_max: cli.reconnect_max,
         timeout: cli.timeout,
         poll_interval: cli.progress_interval,
+        dump_timeout: cli.dump_timeout,
+        ..Config::default()
     };
 
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -147,7 +175,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    ExitCode::from(rt.block_on(run(cli, sources, file, cfg, log)))
+    let code = rt.block_on(run(cli, sources, file, cfg, log.clone()));
+    log.flush(std::time::Duration::from_secs(2));
+    ExitCode::from(code)
 }
 
 async fn run(
@@ -157,7 +187,7 @@ async fn run(
     cfg: Config,
     log: Arc<Logger>,
 ) -> u8 {
-    let metrics = Arc::new(Metrics::new());
+    let metrics = log.metrics().clone();
     let root = CancellationToken::new();
     let hooks_tracker = TaskTracker::new();
 
@@ -165,11 +195,9 @@ async fn run(
         Some(addr) => match metrics::bind(addr).await {
             Ok(l) => Some(l),
             Err(e) => {
-                log.record(
-                    None,
-                    "error",
-                    json!({"error": format!("--metrics {addr}: {e}")}),
-                    Some(&format!("cannot serve metrics on {addr}: {e}")),
+                log.emit(
+                    Record::new(None, Body::Error(format!("--metrics {addr}: {e}")))
+                        .say(format!("cannot serve metrics on {addr}: {e}")),
                 );
                 return 1;
             }
@@ -177,17 +205,18 @@ async fn run(
         None => None,
     };
     if let Some(cmd) = &cli.notify {
-        log.set_hook(hooks::start(
+        let (hook, reports) = hooks::start(
             HookConfig {
                 command: cmd.clone(),
                 timeout: cli.notify_timeout,
                 jobs: cli.notify_jobs as usize,
             },
-            Arc::downgrade(&log),
             metrics.clone(),
             hooks_tracker.clone(),
             root.clone(),
-        ));
+        );
+        log.set_hook(hook);
+        tokio::spawn(vigil::log::forward(log.clone(), reports));
     }
 
     let base = fleet::base_policies(&sources, file.as_ref());
@@ -198,9 +227,7 @@ async fn run(
             .flat_map(|f| f.endpoints.iter().map(|e| e.endpoint.to_string())),
     );
     let dirs = fleet::watch_dirs(&sources, file.as_ref());
-    log.record(
-        None,
-        "startup",
+    log.emit(Record::new(None, Body::Startup).with(
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "endpoints": endpoints,
@@ -215,8 +242,8 @@ async fn run(
             "max-dumps": cli.max_dumps,
             "metrics": listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()),
             "notify": cli.notify.is_some(),
-        }),
-        Some(&format!(
+            "dump-timeout": cfg.dump_timeout.map(|d| d.as_secs()),
+        })).say(format!(
             "watching {} endpoint(s){}: panic={} crashloaded={} stall={} watchdog={} shutdown={}",
             endpoints.len(),
             if dirs.is_empty() { String::new() } else { format!(" and {} director(ies)", dirs.len()) },
@@ -225,11 +252,13 @@ async fn run(
     );
     if let Some(dir) = &cfg.dump_dir {
         for f in stale_partials(dir) {
-            log.record(
-                None,
-                "warning",
-                json!({"warning": "partial dump left by an earlier run", "file": f}),
-                Some(&format!(
+            log.emit(
+                Record::new(
+                    None,
+                    Body::Warning("partial dump left by an earlier run".into()),
+                )
+                .with(json!({"file": f}))
+                .say(format!(
                     "partial dump left by an earlier run: {}",
                     f.display()
                 )),
@@ -240,7 +269,7 @@ async fn run(
         tokio::spawn(metrics::serve(l, metrics.clone(), root.clone()));
     }
 
-    let env = Env::new(cfg, log, metrics, cli.max_dumps);
+    let env = Env::new(cfg, log, cli.max_dumps);
     fleet::run(Plan {
         sources,
         file,

@@ -490,6 +490,24 @@ impl Client {
         &self.peer
     }
 
+    /// Whether this is a `tcp:` connection (unauthenticated, no descriptors).
+    pub fn peer_is_tcp(&self) -> bool {
+        matches!(self.peer, Peer::Tcp { .. })
+    }
+
+    /// The peer, for the `connected` record: pid, uid, gid and cgroup of a
+    /// checked `unix:` peer.
+    pub fn peer_json(&self) -> Value {
+        match &self.peer {
+            Peer::Unix(i) => json!({"pid": i.pid, "uid": i.uid, "gid": i.gid,
+                                    "cgroup": i.cgroup.as_deref().map(|c| crate::record::cap_str(c, 256))}),
+            Peer::Tcp { addr } => {
+                json!({"tcp": addr.map(|a| a.to_string()), "authenticated": false})
+            }
+            Peer::Unknown => Value::Null,
+        }
+    }
+
     /// The server's greeting (`{"QMP": {"version": ..., "capabilities": [...]}}`).
     pub fn greeting(&self) -> &Value {
         &self.greeting

@@ -1,6 +1,11 @@
-//! One QMP connection: setup (name, dump format check, catch-up), then every
+//! One QMP connection: setup (dump format check, catch-up), then every
 //! notice logged, counted and, for the events with a policy, acted on, at
 //! most one action at a time per VM.
+//!
+//! The VM's name is the session's [`Ctx`], fixed by the watcher from the
+//! configuration or the socket's location. What the peer says its name is
+//! (`query-name`) is only compared with it: a different name is reported
+//! (an `identity` record, `vigil_name_mismatch_total`), never believed.
 
 use std::sync::Arc;
 
@@ -9,13 +14,18 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::actions::run_action;
-use crate::error::WatchError;
-use crate::log::Ctx;
+use crate::actions::{Action, Limits};
+use crate::context::{Env, Target};
 use crate::policy::{decide, Decision, Policy};
 use crate::qmp::{Client, DumpCapability, Events, NameInfo, Notice, QmpError, StatusInfo};
 use crate::queue::Entry;
-use crate::watcher::{Env, Target};
+use crate::record::{
+    cap_str, cap_value, escape, Body, ConnStatus, Ctx, EventRecord, ProtocolKind, Record, MAX_DATA,
+    MAX_TEXT,
+};
+
+/// The longest event name kept (QEMU's are at most 30 characters).
+const MAX_EVENT_NAME: usize = 64;
 
 /// How a session ended.
 pub enum SessionEnd {
@@ -23,13 +33,9 @@ pub enum SessionEnd {
     Stopped,
 }
 
+/// A short one-line rendering of event data for human lines.
 pub fn compact(v: &Value) -> String {
-    let s = v.to_string();
-    if s.chars().count() > 160 {
-        format!("{}...", s.chars().take(160).collect::<String>())
-    } else {
-        s
-    }
+    cap_str(&v.to_string(), 160)
 }
 
 struct Running {
@@ -37,44 +43,40 @@ struct Running {
     what: String,
 }
 
+/// What stops a session: vigil stopping, or its endpoint being removed.
+#[derive(Clone)]
+pub struct Stops {
+    pub stop: CancellationToken,
+    pub abort: CancellationToken,
+}
+
 struct Session<'a> {
     client: Arc<Client>,
     ctx: Ctx,
     env: &'a Env,
     target: &'a watch::Receiver<Target>,
-    cancel: &'a CancellationToken,
+    stops: &'a Stops,
+    limits: Arc<Limits>,
     running: Option<Running>,
 }
 
-pub async fn session(
-    client: Client,
-    rx: Events,
-    ctx: &mut Ctx,
+/// Checks what this QEMU can do for the VM's policies: a dump format it
+/// cannot write, or a tcp: endpoint (no descriptors), makes this VM's
+/// dumps fail with a clear error, and nothing else.
+async fn limits(
+    client: &Client,
+    ctx: &Ctx,
     env: &Env,
-    target: &watch::Receiver<Target>,
-    cancel: &CancellationToken,
-    fallback_name: String,
-) -> Result<SessionEnd, WatchError> {
-    let client = Arc::new(client);
-    let log = &env.log;
-
-    // The VM's name, for logs, metrics and dump file names: the configured
-    // one, else QEMU's -name (a QEMU started again on the same socket may
-    // have another name, or none), else the socket's.
-    let configured = target.borrow().name.clone();
-    ctx.vm = fallback_name;
-    if let Some(n) = configured {
-        ctx.vm = n;
-    } else if let Ok(NameInfo { name: Some(n) }) = client.query("query-name", None).await {
-        if !n.is_empty() {
-            ctx.vm = n;
-        }
+    target: &Target,
+) -> Result<Limits, QmpError> {
+    let mut l = Limits::default();
+    if !target.policies.any_dump() {
+        env.metrics.set_dump_unavailable(&ctx.vm, false);
+        return Ok(l);
     }
-    let version = client.qemu_version().unwrap_or_else(|| "unknown".into());
-
-    // A dump format this QEMU cannot write is a configuration error: say so now,
-    // not when a guest crashes.
-    if target.borrow().policies.any_dump() {
+    if client.peer_is_tcp() {
+        l.dump_unavailable = Some(crate::error::DumpError::NoDescriptors.to_string());
+    } else {
         match client
             .query::<DumpCapability>("query-dump-guest-memory-capability", None)
             .await
@@ -82,36 +84,75 @@ pub async fn session(
             Ok(cap) => {
                 let want = env.cfg.dump_format.qapi_name();
                 if !cap.formats.iter().any(|f| f == want) {
-                    let e = WatchError::UnsupportedFormat {
-                        version: version.clone(),
-                        endpoint: ctx.endpoint.clone(),
+                    let supported: Vec<String> = cap
+                        .formats
+                        .iter()
+                        .take(16)
+                        .map(|f| cap_str(&escape(f), 32))
+                        .collect();
+                    let e = crate::error::DumpError::UnsupportedFormat {
+                        version: client.qemu_version().unwrap_or_else(|| "unknown".into()),
                         want: want.to_string(),
-                        supported: cap.formats.clone(),
+                        supported: supported.clone(),
                     };
-                    log.record(
-                        Some(ctx),
-                        "error",
-                        json!({"error": e.to_string(), "dump-format": want, "supported": cap.formats}),
-                        Some(&e.to_string()),
-                    );
-                    return Err(e);
+                    l.dump_unavailable = Some(e.to_string());
                 }
             }
-            Err(QmpError::Disconnected) => return Ok(SessionEnd::Disconnected),
-            Err(e) => log.record(
+            Err(QmpError::Disconnected) => return Err(QmpError::Disconnected),
+            Err(e) => env.log.warn(
                 Some(ctx),
-                "warning",
-                json!({"warning": format!("query-dump-guest-memory-capability: {e}")}),
-                Some(&format!("cannot check the dump formats: {e}")),
+                format!("cannot check the dump formats (query-dump-guest-memory-capability): {e}"),
             ),
         }
     }
+    env.metrics
+        .set_dump_unavailable(&ctx.vm, l.dump_unavailable.is_some());
+    if let Some(why) = &l.dump_unavailable {
+        env.log.emit(
+            Record::new(Some(ctx), Body::Error(why.clone()))
+                .with(json!({"dump-format": env.cfg.dump_format.qapi_name(), "scope": "this VM's dumps"}))
+                .say(format!("this VM's dumps will fail: {why} (its other policies stay)")),
+        );
+    }
+    Ok(l)
+}
 
-    log.record(
-        Some(ctx),
-        "connection",
-        json!({"status": "connected", "qemu-version": version}),
-        Some(&format!("connected to {} (QEMU {version})", ctx.endpoint)),
+pub async fn session(
+    client: Client,
+    rx: Events,
+    ctx: &Ctx,
+    env: &Env,
+    target: &watch::Receiver<Target>,
+    stops: &Stops,
+) -> SessionEnd {
+    let client = Arc::new(client);
+    let log = &env.log;
+
+    // The peer's -name: compared, never believed.
+    if let Ok(NameInfo { name: Some(n) }) = client.query("query-name", None).await {
+        if !n.is_empty() && n != ctx.vm {
+            let claimed = cap_str(&n, MAX_TEXT);
+            log.emit(
+                Record::new(Some(ctx), Body::NameMismatch { claimed: claimed.clone() }).say(format!(
+                    "the QEMU at {} calls itself {claimed:?}: not believed, this VM is {:?} (from {})",
+                    ctx.endpoint,
+                    ctx.vm,
+                    if target.borrow().name.is_some() { "the configuration" } else { "the socket's name" }
+                )),
+            );
+        }
+    }
+    let version = client.qemu_version().unwrap_or_else(|| "unknown".into());
+    let t = target.borrow().clone();
+    let limits = match limits(&client, ctx, env, &t).await {
+        Ok(l) => Arc::new(l),
+        Err(_) => return SessionEnd::Disconnected,
+    };
+
+    log.emit(
+        Record::new(Some(ctx), Body::Connection(ConnStatus::Connected))
+            .with(json!({"qemu-version": version, "peer": client.peer_json()}))
+            .say(format!("connected to {} (QEMU {version})", ctx.endpoint)),
     );
     env.metrics.set_connected(&ctx.endpoint, &ctx.vm, true);
     env.metrics.init_vm(&ctx.vm);
@@ -121,7 +162,8 @@ pub async fn session(
         ctx: ctx.clone(),
         env,
         target,
-        cancel,
+        stops,
+        limits,
         running: None,
     };
 
@@ -134,7 +176,7 @@ pub async fn session(
             _ => None,
         };
         if let Some((name, data)) = missed {
-            s.handle(name, &data, None, true, 1);
+            s.handle(name, data, None, true, 1);
         }
     }
 
@@ -146,53 +188,45 @@ pub async fn session(
                 Some(Entry { notice, repeat }) => s.notice(notice, repeat),
                 None => break SessionEnd::Disconnected,
             },
-            _ = cancel.cancelled() => break SessionEnd::Stopped,
+            _ = stops.stop.cancelled() => break SessionEnd::Stopped,
+            _ = stops.abort.cancelled() => break SessionEnd::Stopped,
         }
     };
     s.finish_running(matches!(end, SessionEnd::Stopped)).await;
     env.metrics.set_connected(&ctx.endpoint, &ctx.vm, false);
-    Ok(end)
+    end
 }
 
 impl Session<'_> {
     fn notice(&mut self, n: Notice, repeat: u64) {
-        let log = &self.env.log;
         let times = if repeat > 1 {
             format!(" (x{repeat})")
         } else {
             String::new()
         };
-        let fields = |status: &str, detail: String| {
-            let mut f = json!({"status": status, "detail": detail});
-            if repeat > 1 {
-                f["repeat"] = json!(repeat);
+        let (kind, m, what) = match n {
+            Notice::Event(e) => {
+                return self.handle(&e.name, e.data, e.timestamp, false, repeat);
             }
-            self.env
-                .metrics
-                .protocol_error(&self.ctx.vm, status, repeat);
-            f
+            Notice::Malformed(m) => (ProtocolKind::Malformed, m, "malformed QMP input ignored"),
+            Notice::Unexpected(m) => (
+                ProtocolKind::Unexpected,
+                m,
+                "unexpected QMP message ignored",
+            ),
         };
-        match n {
-            Notice::Event(e) => self.handle(&e.name, &e.data, e.timestamp, false, repeat),
-            Notice::Malformed(m) => {
-                let f = fields("malformed", m.clone());
-                log.record(
-                    Some(&self.ctx),
-                    "protocol",
-                    f,
-                    Some(&format!("malformed QMP input ignored: {m}{times}")),
-                )
-            }
-            Notice::Unexpected(m) => {
-                let f = fields("unexpected", m.clone());
-                log.record(
-                    Some(&self.ctx),
-                    "protocol",
-                    f,
-                    Some(&format!("unexpected QMP message ignored: {m}{times}")),
-                )
-            }
-        }
+        let detail = cap_str(&m, MAX_TEXT);
+        self.env.log.emit(
+            Record::new(
+                Some(&self.ctx),
+                Body::Protocol {
+                    kind,
+                    detail: detail.clone(),
+                    repeat,
+                },
+            )
+            .say(format!("{what}: {detail}{times}")),
+        );
     }
 
     /// Logs one event (standing for `repeat` identical ones) and starts its
@@ -200,28 +234,15 @@ impl Session<'_> {
     fn handle(
         &mut self,
         name: &str,
-        data: &Value,
+        data: Value,
         ts: Option<(i64, i64)>,
         catch_up: bool,
         repeat: u64,
     ) {
         let policies = self.target.borrow().policies;
-        let m = &self.env.metrics;
-        m.event(&self.ctx.vm, name, repeat);
-        if name == "VCPU_STALL" {
-            let cpu = match data.get("cpu-index") {
-                Some(Value::Number(n)) => n.to_string(),
-                _ => "unknown".into(),
-            };
-            // a label only takes known values (no cardinality from garbage)
-            let stage = data
-                .get("stage")
-                .and_then(Value::as_str)
-                .filter(|s| matches!(*s, "warning" | "action"))
-                .unwrap_or("unknown");
-            m.stall(&self.ctx.vm, &cpu, stage, repeat);
-        }
-        let decision = decide(name, data, &policies);
+        let name = cap_str(name, MAX_EVENT_NAME);
+        let data = cap_value(data, MAX_DATA);
+        let decision = decide(&name, &data, &policies);
         if self
             .running
             .as_ref()
@@ -229,17 +250,10 @@ impl Session<'_> {
         {
             self.running = None;
         }
-        let mut rec = json!({"event": name, "data": data});
-        if let Some((s, us)) = ts {
-            rec["qemu-timestamp"] = json!({"seconds": s, "microseconds": us});
-        }
-        if repeat > 1 {
-            rec["repeat"] = json!(repeat);
-        }
         let data_txt = if data.as_object().is_some_and(|o| o.is_empty()) {
             String::new()
         } else {
-            format!(" {}", compact(data))
+            format!(" {}", compact(&data))
         };
         let times = if repeat > 1 {
             format!(" (x{repeat})")
@@ -247,70 +261,82 @@ impl Session<'_> {
             String::new()
         };
         let head = if catch_up {
-            rec["catch-up"] = json!(true);
             format!("VM found stopped by {name} (missed event){data_txt}")
         } else {
             format!("{name}{data_txt}{times}")
         };
-        let (outcome, human) = match &decision {
-            Decision::Other => ("none", head),
+        let mut ev = EventRecord {
+            name: name.clone(),
+            data,
+            qemu_time: ts,
+            repeat,
+            catch_up,
+            policy: None,
+            reason: None,
+            decision: "none",
+        };
+        let human = match &decision {
+            Decision::Other => head,
             Decision::LogOnly { trigger, reason } => {
-                if let Some(t) = trigger {
-                    rec["policy"] = json!(policies.get(*t).name());
-                }
-                rec["reason"] = json!(reason);
-                ("log", format!("{head}: logged only ({reason})"))
+                ev.policy = trigger.map(|t| policies.get(t).name());
+                ev.reason = Some(reason.clone());
+                ev.decision = "log";
+                format!("{head}: logged only ({reason})")
             }
             Decision::Act {
                 policy: Policy::Preserve,
                 ..
             } => {
-                rec["policy"] = json!("preserve");
-                ("preserve", format!("{head}: preserve (VM left as it is)"))
+                ev.policy = Some("preserve");
+                ev.decision = "preserve";
+                format!("{head}: preserve (VM left as it is)")
             }
             Decision::Act { trigger, policy } => {
-                rec["policy"] = json!(policy.name());
+                ev.policy = Some(policy.name());
                 if let Some(r) = &self.running {
-                    rec["reason"] = json!(format!("{} still running", r.what));
-                    (
-                        "ignored-busy",
-                        format!("{head}: {policy} ignored, {} still running", r.what),
-                    )
+                    ev.reason = Some(format!("{} still running", r.what));
+                    ev.decision = "ignored-busy";
+                    format!("{head}: {policy} ignored, {} still running", r.what)
                 } else {
-                    ("act", format!("{head}: {policy} ({})", trigger.option()))
+                    ev.decision = "act";
+                    format!("{head}: {policy} ({})", trigger.option())
                 }
             }
         };
-        rec["decision"] = json!(outcome);
+        let act = ev.decision == "act";
         self.env
             .log
-            .record(Some(&self.ctx), "event", rec, Some(&human));
+            .emit(Record::new(Some(&self.ctx), Body::Event(ev)).say(human));
 
-        if let (Decision::Act { policy, .. }, "act") = (decision, outcome) {
+        if let (Decision::Act { policy, .. }, true) = (decision, act) {
             let what = format!("{policy} for {name}");
-            let handle = self.env.tracker.spawn(run_action(
-                self.client.clone(),
-                self.ctx.clone(),
-                self.env.clone(),
-                policy,
-                name.to_string(),
-                self.cancel.clone(),
-            ));
+            let handle = self.env.tracker.spawn(
+                Action {
+                    client: self.client.clone(),
+                    ctx: self.ctx.clone(),
+                    env: self.env.clone(),
+                    policy,
+                    event: name,
+                    limits: self.limits.clone(),
+                    stop: self.stops.stop.clone(),
+                    abort: self.stops.abort.clone(),
+                }
+                .run(),
+            );
             self.running = Some(Running { handle, what });
         }
     }
 
     async fn finish_running(&mut self, stopping: bool) {
         if let Some(r) = self.running.take() {
-            if !r.handle.is_finished() && stopping {
-                self.env.log.record(
-                    Some(&self.ctx),
-                    "shutdown",
-                    json!({"status": "waiting", "action": r.what}),
-                    Some(&format!(
-                        "waiting for {} to finish (signal again to exit now)",
-                        r.what
-                    )),
+            if !r.handle.is_finished() && stopping && !self.stops.abort.is_cancelled() {
+                self.env.log.emit(
+                    Record::new(Some(&self.ctx), Body::Shutdown("waiting"))
+                        .with(json!({"action": r.what}))
+                        .say(format!(
+                            "waiting for {} to finish (signal again to exit now)",
+                            r.what
+                        )),
                 );
             }
             let _ = r.handle.await;

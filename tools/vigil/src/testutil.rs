@@ -4,8 +4,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 
@@ -39,6 +42,47 @@ pub struct FakeQmp {
     ctl: mpsc::UnboundedSender<Ctl>,
     /// Every command received: (name, arguments).
     pub commands: Arc<Mutex<Vec<(String, Value)>>>,
+    /// The descriptors passed with `getfd`, by name (as QEMU keeps them).
+    #[allow(dead_code)]
+    pub fds: Fds,
+}
+
+/// Descriptors received with `getfd`.
+pub type Fds = Arc<Mutex<HashMap<String, std::fs::File>>>;
+
+/// One `recvmsg`: the bytes, and any `SCM_RIGHTS` descriptors into `fds`.
+fn recv_with_fds(fd: RawFd, fds: &mut Vec<OwnedFd>) -> std::io::Result<Vec<u8>> {
+    let mut data = vec![0u8; 65536];
+    let mut control = [0u64; 16];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: msghdr is plain data; every pointer set below is valid for
+    // the recvmsg call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: as above.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: walking the control messages recvmsg filled in.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<RawFd>());
+                fds.push(OwnedFd::from_raw_fd(fd));
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    data.truncate(n as usize);
+    Ok(data)
 }
 
 impl FakeQmp {
@@ -46,6 +90,17 @@ impl FakeQmp {
     where
         F: Fn(&str, &Value) -> Answer + Send + Sync + 'static,
     {
+        FakeQmp::start_with_fds(move |c, a, _| handler(c, a)).await
+    }
+
+    /// A fake whose handler also sees the descriptors passed so far
+    /// (`getfd` and `closefd` are handled by the fake itself).
+    pub async fn start_with_fds<F>(handler: F) -> FakeQmp
+    where
+        F: Fn(&str, &Value, &Fds) -> Answer + Send + Sync + 'static,
+    {
+        let fds: Fds = Arc::default();
+        let fds2 = fds.clone();
         let dir = tempdir("fakeqmp");
         let path = dir.join("qmp.sock");
         let listener = UnixListener::bind(&path).unwrap();
@@ -59,7 +114,8 @@ impl FakeQmp {
                     return;
                 };
                 let (r, mut w) = sock.into_split();
-                let mut lines = BufReader::new(r).lines();
+                let mut pending: Vec<u8> = Vec::new();
+                let mut passed: Vec<OwnedFd> = Vec::new();
                 if w.write_all(format!("{GREETING}\n").as_bytes())
                     .await
                     .is_err()
@@ -67,17 +123,59 @@ impl FakeQmp {
                     continue;
                 }
                 loop {
-                    tokio::select! {
-                        line = lines.next_line() => {
-                            let Ok(Some(line)) = line else { continue 'accept };
-                            let Ok(req) = serde_json::from_str::<Value>(&line) else { continue };
+                    let line = pending
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .map(|i| pending.drain(..=i).collect::<Vec<u8>>());
+                    let Some(line) = line else {
+                        tokio::select! {
+                            ready = r.as_ref().readable() => {
+                                if ready.is_err() { continue 'accept }
+                                let raw = r.as_ref().as_raw_fd();
+                                match r.as_ref().try_io(Interest::READABLE, || recv_with_fds(raw, &mut passed)) {
+                                    Ok(b) if b.is_empty() => continue 'accept,
+                                    Ok(b) => pending.extend_from_slice(&b),
+                                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                                    Err(_) => continue 'accept,
+                                }
+                            }
+                            c = ctl_rx.recv() => match c {
+                                Some(Ctl::Raw(b)) => { let _ = w.write_all(&b).await; }
+                                Some(Ctl::Close) => continue 'accept,
+                                None => return,
+                            }
+                        }
+                        continue;
+                    };
+                    {
+                        {
+                            let Ok(req) = serde_json::from_slice::<Value>(&line) else {
+                                continue;
+                            };
                             let cmd = req["execute"].as_str().unwrap_or("").to_string();
                             let args = req.get("arguments").cloned().unwrap_or(json!({}));
                             log.lock().unwrap().push((cmd.clone(), args.clone()));
-                            let (mut resp, after) = if cmd == "qmp_capabilities" {
-                                (json!({"return": {}}), vec![])
-                            } else {
-                                handler(&cmd, &args)
+                            let fdname = args["fdname"].as_str().unwrap_or("").to_string();
+                            let (mut resp, after) = match cmd.as_str() {
+                                "qmp_capabilities" => (json!({"return": {}}), vec![]),
+                                "getfd" => match passed.pop() {
+                                    Some(fd) => {
+                                        fds2.lock()
+                                            .unwrap()
+                                            .insert(fdname, std::fs::File::from(fd));
+                                        (json!({"return": {}}), vec![])
+                                    }
+                                    None => (
+                                        json!({"error": {"class": "GenericError",
+                                        "desc": "No file descriptor supplied via SCM_RIGHTS"}}),
+                                        vec![],
+                                    ),
+                                },
+                                "closefd" => {
+                                    fds2.lock().unwrap().remove(&fdname);
+                                    (json!({"return": {}}), vec![])
+                                }
+                                _ => handler(&cmd, &args, &fds2),
                             };
                             if let Some(id) = req.get("id") {
                                 resp["id"] = id.clone();
@@ -93,11 +191,6 @@ impl FakeQmp {
                                 }
                             }
                         }
-                        c = ctl_rx.recv() => match c {
-                            Some(Ctl::Raw(b)) => { let _ = w.write_all(&b).await; }
-                            Some(Ctl::Close) => continue 'accept,
-                            None => return,
-                        }
                     }
                 }
             }
@@ -107,6 +200,7 @@ impl FakeQmp {
             path,
             ctl,
             commands,
+            fds,
         }
     }
 

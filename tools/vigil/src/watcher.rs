@@ -1,148 +1,92 @@
-//! One watcher per QMP endpoint: connect, and reconnect with backoff, for
-//! as long as the endpoint is watched. What a connection does is in
-//! `session.rs`; the actions in `actions.rs` and `dumper.rs`.
+//! One watcher per QMP endpoint: connect, check who is at the other end,
+//! and reconnect with backoff, for as long as the endpoint is watched.
+//! What a connection does is in `session.rs`; the actions in `actions.rs`
+//! and `dump.rs`.
+//!
+//! The VM's identity is fixed here, from the configuration (`name`) or the
+//! socket's file name, before anything is read from the peer. A peer that
+//! is not the VM the configuration names (a symlink or another VM's socket
+//! at the path, the wrong user, the wrong cgroup: see `peer.rs`) is
+//! refused: vigil closes the connection without a single command, reports
+//! it (a `connection` record with status `refused`, a page, and
+//! `vigil_peer_refused_total`), and tries again later.
 
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::backoff::Backoff;
-use crate::dumper::DumpSlots;
+use crate::context::{Env, Target};
 use crate::endpoint::Endpoint;
-use crate::error::WatchError;
-use crate::log::{Ctx, Logger};
-use crate::metrics::{EndpointLabels, Metrics};
-use crate::policy::{DumpFormat, Policies};
-use crate::qmp::Client;
-use crate::session::{session, SessionEnd};
+use crate::qmp::{Client, QmpError};
+use crate::record::{Body, ConnStatus, Ctx, Record};
+use crate::session::{session, SessionEnd, Stops};
 
-/// Settings of the whole process.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// Where dumps go (absolute; required when a policy dumps).
-    pub dump_dir: Option<PathBuf>,
-    pub dump_format: DumpFormat,
-    pub reconnect_min: Duration,
-    pub reconnect_max: Duration,
-    /// Connect, greeting and command timeout.
-    pub timeout: Duration,
-    /// How often `query-dump` is asked during a dump.
-    pub poll_interval: Duration,
+pub use crate::context::Config;
+
+/// The VM's name: the configured one, else the socket's.
+pub fn vm_name(ep: &Endpoint, t: &Target) -> String {
+    t.name.clone().unwrap_or_else(|| ep.fallback_name())
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            dump_dir: None,
-            dump_format: DumpFormat::Elf,
-            reconnect_min: Duration::from_millis(100),
-            reconnect_max: Duration::from_secs(5),
-            timeout: Duration::from_secs(10),
-            poll_interval: Duration::from_millis(500),
-        }
-    }
-}
-
-/// What is watched at one endpoint; may change while it is watched (a
-/// configuration reload), without reconnecting.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Target {
-    /// The VM's name, instead of QEMU's `-name` (from `--config`).
-    pub name: Option<String>,
-    pub policies: Policies,
-}
-
-/// What every watcher shares.
-#[derive(Clone)]
-pub struct Env {
-    pub cfg: Arc<Config>,
-    pub log: Arc<Logger>,
-    pub metrics: Arc<Metrics>,
-    pub dumps: Arc<DumpSlots>,
-    /// The running actions (stopping waits for them).
-    pub tracker: TaskTracker,
-}
-
-impl Env {
-    pub fn new(cfg: Config, log: Arc<Logger>, metrics: Arc<Metrics>, max_dumps: usize) -> Env {
-        Env {
-            cfg: Arc::new(cfg),
-            log,
-            metrics,
-            dumps: Arc::new(DumpSlots::new(max_dumps)),
-            tracker: TaskTracker::new(),
-        }
-    }
-}
-
-/// Watches `ep` until `cancel`. `Err` is a fatal error (the QEMU cannot
-/// write the configured dump format).
-pub async fn watch(
-    ep: Endpoint,
-    env: Env,
-    target: watch::Receiver<Target>,
-    cancel: CancellationToken,
-) -> Result<(), WatchError> {
+/// Watches `ep` until `stops.stop` (vigil stops) or `stops.abort` (the
+/// endpoint is no longer watched).
+pub async fn watch(ep: Endpoint, env: Env, target: watch::Receiver<Target>, stops: Stops) {
     let mut ctx = Ctx {
         endpoint: ep.to_string(),
-        vm: target
-            .borrow()
-            .name
-            .clone()
-            .unwrap_or_else(|| ep.fallback_name()),
+        vm: vm_name(&ep, &target.borrow()),
     };
-    let r = watch_loop(&ep, &env, &target, &cancel, &mut ctx).await;
+    watch_loop(&ep, &env, &target, &stops, &mut ctx).await;
     // no longer watched: its series go
     env.metrics.forget_endpoint(&ctx.endpoint, &ctx.vm);
-    r
+    if stops.abort.is_cancelled() {
+        env.metrics.forget_vm(&ctx.vm);
+    }
 }
 
 async fn watch_loop(
     ep: &Endpoint,
     env: &Env,
     target: &watch::Receiver<Target>,
-    cancel: &CancellationToken,
+    stops: &Stops,
     ctx: &mut Ctx,
-) -> Result<(), WatchError> {
+) {
     let cfg = &env.cfg;
     let log = &env.log;
     let mut backoff = Backoff::new(cfg.reconnect_min, cfg.reconnect_max);
     let mut last_error: Option<String> = None;
     let mut connections = 0u64;
     loop {
-        if cancel.is_cancelled() {
-            return Ok(());
+        if stops.stop.is_cancelled() || stops.abort.is_cancelled() {
+            return;
         }
+        // a reload may have renamed the VM: its old series go
+        let name = vm_name(ep, &target.borrow());
+        if name != ctx.vm {
+            env.metrics.forget_vm(&ctx.vm);
+            ctx.vm = name;
+        }
+        let expect = target.borrow().expect.clone();
         let attempt = tokio::select! {
-            r = Client::connect(ep, cfg.timeout) => r,
-            _ = cancel.cancelled() => return Ok(()),
+            r = Client::connect_expecting(ep, expect.as_ref(), cfg.timeout) => r,
+            _ = stops.stop.cancelled() => return,
+            _ = stops.abort.cancelled() => return,
         };
         match attempt {
             Ok((client, rx)) => {
                 last_error = None;
                 connections += 1;
                 if connections > 1 {
-                    env.metrics
-                        .reconnects
-                        .get_or_create(&EndpointLabels {
-                            endpoint: ctx.endpoint.clone(),
-                        })
-                        .inc();
+                    env.metrics.reconnected(&ctx.endpoint);
                 }
                 let started = Instant::now();
-                match session(client, rx, ctx, env, target, cancel, ep.fallback_name()).await? {
-                    SessionEnd::Stopped => return Ok(()),
+                match session(client, rx, ctx, env, target, stops).await {
+                    SessionEnd::Stopped => return,
                     SessionEnd::Disconnected => {
-                        log.record(
-                            Some(ctx),
-                            "connection",
-                            json!({"status": "disconnected"}),
-                            Some("QMP connection closed; reconnecting"),
+                        log.emit(
+                            Record::new(Some(ctx), Body::Connection(ConnStatus::Disconnected))
+                                .say("QMP connection closed; reconnecting"),
                         );
                     }
                 }
@@ -152,19 +96,35 @@ async fn watch_loop(
                     backoff.reset();
                 }
             }
+            Err(QmpError::Refused(r)) => {
+                let msg = r.to_string();
+                // every refusal is counted; the same one is logged once
+                if last_error.as_deref() != Some(msg.as_str()) {
+                    log.emit(
+                        Record::new(Some(ctx), Body::Connection(ConnStatus::Refused))
+                            .with(json!({"reason": r.reason(), "error": msg}))
+                            .say(format!(
+                                "refused the peer at {}: {msg}; nothing is acted on for this VM until it is the VM the configuration names",
+                                ctx.endpoint
+                            )),
+                    );
+                    last_error = Some(msg);
+                } else {
+                    env.metrics.peer_refused(&ctx.vm, r.reason());
+                }
+            }
             Err(e) => {
                 let msg = e.to_string();
                 if last_error.as_deref() != Some(msg.as_str()) {
-                    log.record(
-                        Some(ctx),
-                        "connection",
-                        json!({"status": "connect-failed", "error": msg,
-                               "retry-max-ms": cfg.reconnect_max.as_millis() as u64}),
-                        Some(&format!(
-                            "cannot connect to {}: {msg}; retrying (backoff up to {:.1} s)",
-                            ctx.endpoint,
-                            cfg.reconnect_max.as_secs_f64()
-                        )),
+                    log.emit(
+                        Record::new(Some(ctx), Body::Connection(ConnStatus::ConnectFailed))
+                            .with(json!({"error": msg,
+                                   "retry-max-ms": cfg.reconnect_max.as_millis() as u64}))
+                            .say(format!(
+                                "cannot connect to {}: {msg}; retrying (backoff up to {:.1} s)",
+                                ctx.endpoint,
+                                cfg.reconnect_max.as_secs_f64()
+                            )),
                     );
                     last_error = Some(msg);
                 }
@@ -173,7 +133,8 @@ async fn watch_loop(
         let delay = backoff.next_delay();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = cancel.cancelled() => return Ok(()),
+            _ = stops.stop.cancelled() => return,
+            _ = stops.abort.cancelled() => return,
         }
     }
 }
@@ -181,10 +142,17 @@ async fn watch_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::Logger;
+    use crate::metrics::Metrics;
     use crate::policy::Policy;
+    use crate::policy::{DumpFormat, Policies};
     use crate::testutil::{FakeQmp, SharedBuf};
     use serde_json::Value;
+    use std::io::Write as _;
+    use std::path::PathBuf;
+    use std::sync::Arc;
     use std::sync::Mutex;
+    use tokio_util::sync::CancellationToken;
 
     struct Conf {
         cfg: Config,
@@ -203,12 +171,13 @@ mod tests {
                 ..Config::default()
             },
             target: Target {
-                name: None,
+                name: Some("web1".into()),
                 policies: Policies {
                     panic,
                     stall: Policy::CoredumpDestroy,
                     ..Policies::default()
                 },
+                expect: None,
             },
             max_dumps: 0,
         }
@@ -223,7 +192,7 @@ mod tests {
         delay_ms: u64,
     ) -> FakeQmp {
         let state = Arc::new(Mutex::new("running"));
-        FakeQmp::start(move |cmd, args| {
+        FakeQmp::start_with_fds(move |cmd, args, fds| {
             let ok = |v: Value| (json!({"return": v}), vec![]);
             match cmd {
                 "query-name" => ok(json!({"name": name})),
@@ -231,8 +200,12 @@ mod tests {
                 "query-dump-guest-memory-capability" => ok(json!({"formats": ["elf", "kdump-zlib"]})),
                 "query-status" => ok(json!({"status": *state.lock().unwrap(), "running": true})),
                 "dump-guest-memory" => {
-                    let path = args["protocol"].as_str().unwrap().strip_prefix("file:").unwrap().to_string();
-                    std::fs::write(&path, b"\x7fELF partial").unwrap();
+                    // as QEMU does: the dump goes to the descriptor passed with getfd
+                    let name = args["protocol"].as_str().unwrap().strip_prefix("fd:").unwrap().to_string();
+                    let Some(mut f) = fds.lock().unwrap().remove(&name) else {
+                        return (json!({"error": {"class": "GenericError", "desc": "File descriptor named 'x' not found"}}), vec![]);
+                    };
+                    f.write_all(b"\x7fELF partial").unwrap();
                     let done = match dump_error {
                         None => json!({"event": "DUMP_COMPLETED", "timestamp": {"seconds": 1, "microseconds": 0},
                                        "data": {"result": {"status": "completed", "completed": 12, "total": 12}}}),
@@ -254,7 +227,8 @@ mod tests {
 
     struct Harness {
         stop: CancellationToken,
-        task: tokio::task::JoinHandle<Result<(), WatchError>>,
+        abort: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
         json: SharedBuf,
         human: SharedBuf,
         env: Env,
@@ -268,17 +242,24 @@ mod tests {
             vec![Box::new(json.clone())],
             Some(Box::new(human.clone())),
             false,
+            Arc::new(Metrics::new()),
         ));
-        let env = Env::new(c.cfg, log, Arc::new(Metrics::new()), c.max_dumps);
+        let env = Env::new(c.cfg, log, c.max_dumps);
         start_with(ep, c.target, env, json, human)
     }
 
     fn start_with(ep: Endpoint, t: Target, env: Env, json: SharedBuf, human: SharedBuf) -> Harness {
         let stop = CancellationToken::new();
+        let abort = CancellationToken::new();
         let (target, rx) = watch::channel(t);
-        let task = tokio::spawn(watch(ep, env.clone(), rx, stop.clone()));
+        let stops = Stops {
+            stop: stop.clone(),
+            abort: abort.clone(),
+        };
+        let task = tokio::spawn(watch(ep, env.clone(), rx, stops));
         Harness {
             stop,
+            abort,
             task,
             json,
             human,
@@ -301,9 +282,11 @@ mod tests {
                 self.human.text()
             );
         }
-        async fn stop(self) -> Result<(), WatchError> {
+        async fn stop(self) -> Result<(), ()> {
             self.stop.cancel();
-            self.task.await.unwrap()
+            self.task.await.unwrap();
+            self.env.log.flush(Duration::from_secs(5));
+            Ok(())
         }
     }
 
@@ -372,10 +355,9 @@ mod tests {
         assert_eq!(dump_args["paging"], false);
         assert_eq!(dump_args["detach"], true);
         assert_eq!(dump_args["format"], "elf");
-        assert!(dump_args["protocol"]
-            .as_str()
-            .unwrap()
-            .ends_with(".partial"));
+        // vigil's own file, passed as a descriptor just before
+        assert_eq!(dump_args["protocol"], "fd:vigil-dump");
+        assert_eq!(cmds[pos("dump-guest-memory") - 1], "getfd");
         assert!(
             h.human
                 .text()
@@ -511,21 +493,193 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn unsupported_format_is_fatal() {
+    async fn unsupported_format_fails_only_this_vms_dumps() {
         let fake = fake_qemu("web1", 256 << 20, None, 10).await;
         let dir = crate::testutil::tempdir("dumps");
         let mut c = config(&dir, Policy::CoredumpDestroy);
         c.cfg.dump_format = DumpFormat::KdumpLzo;
         let h = start(fake.endpoint(), c);
-        let r = tokio::time::timeout(Duration::from_secs(5), h.task)
-            .await
-            .unwrap()
-            .unwrap();
-        let e = r.unwrap_err().to_string();
+        h.until("connected", |r| has(r, |x| x["status"] == "connected"))
+            .await;
+        let recs = h.json.records();
+        let e = recs
+            .iter()
+            .find(|x| x["type"] == "error")
+            .expect("an error record");
+        let msg = e["error"].as_str().unwrap();
         assert!(
-            e.contains("kdump-lzo") && e.contains("elf, kdump-zlib"),
-            "{e}"
+            msg.contains("kdump-lzo") && msg.contains("elf, kdump-zlib"),
+            "{msg}"
         );
+        assert!(h
+            .env
+            .metrics
+            .text()
+            .contains(r#"vigil_dump_unavailable{vm="web1"} 1"#));
+        // the watcher goes on; a panic's dump fails, the VM is left as it is
+        fake.send_event("GUEST_PANICKED", json!({"action": "pause"}));
+        h.until("dump failed", |r| {
+            has(r, |x| x["action"] == "dump" && x["status"] == "failed")
+        })
+        .await;
+        assert!(!h.task.is_finished());
+        assert!(!fake
+            .command_names()
+            .iter()
+            .any(|c| c == "quit" || c == "dump-guest-memory"));
+        h.stop().await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_claimed_name_is_reported_not_believed() {
+        let fake = fake_qemu("db1", 256 << 20, None, 10).await;
+        let dir = crate::testutil::tempdir("dumps");
+        let mut c = config(&dir, Policy::Log);
+        c.target.name = None; // the socket's name: qmp
+        let h = start(fake.endpoint(), c);
+        h.until("connected", |r| has(r, |x| x["status"] == "connected"))
+            .await;
+        fake.send_event("GUEST_PANICKED", json!({"action": "pause"}));
+        h.until("panic", |r| has(r, |x| x["event"] == "GUEST_PANICKED"))
+            .await;
+        let recs = h.json.records();
+        let id = recs.iter().find(|x| x["type"] == "identity").unwrap();
+        assert_eq!(
+            (id["vm"].as_str(), id["claimed-name"].as_str()),
+            (Some("qmp"), Some("db1"))
+        );
+        assert!(recs.iter().all(|x| x["vm"] != "db1"));
+        let t = h.env.metrics.text();
+        assert!(!t.contains(r#"vm="db1""#), "{t}");
+        assert!(
+            t.contains(r#"vigil_name_mismatch_total{vm="qmp"} 1"#),
+            "{t}"
+        );
+        h.stop().await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A QEMU whose dump never ends (`query-dump` says active forever).
+    async fn stuck_dumper(name: &'static str) -> FakeQmp {
+        FakeQmp::start(move |cmd, _| {
+            let ok = |v: Value| (json!({"return": v}), vec![]);
+            match cmd {
+                "query-name" => ok(json!({"name": name})),
+                "query-memory-size-summary" => {
+                    ok(json!({"base-memory": 1u64 << 20, "plugged-memory": 0}))
+                }
+                "query-dump-guest-memory-capability" => ok(json!({"formats": ["elf"]})),
+                "query-status" => ok(json!({"status": "running", "running": true})),
+                "query-dump" => ok(json!({"status": "active", "completed": 1, "total": 2})),
+                _ => ok(json!({})),
+            }
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_dump_that_never_ends_times_out_and_frees_its_slot() {
+        let stuck = stuck_dumper("stuck").await;
+        let good = fake_qemu("good", 256 << 20, None, 10).await;
+        let dir = crate::testutil::tempdir("dumps");
+        let mut c = config(&dir, Policy::CoredumpDestroy);
+        c.max_dumps = 1;
+        c.cfg.dump_timeout = Some(Duration::from_millis(500));
+        c.target.name = Some("stuck".into());
+        let hs = start(stuck.endpoint(), c);
+        let mut t = config(&dir, Policy::CoredumpDestroy).target;
+        t.name = Some("good".into());
+        let hg = start_with(
+            good.endpoint(),
+            t,
+            hs.env.clone(),
+            hs.json.clone(),
+            hs.human.clone(),
+        );
+        hs.until("both connected", |r| {
+            count(r, |x| x["status"] == "connected") == 2
+        })
+        .await;
+        stuck.send_event("GUEST_PANICKED", json!({"action": "pause"}));
+        hs.until("stuck dumps", |r| {
+            has(r, |x| x["status"] == "started" && x["vm"] == "stuck")
+        })
+        .await;
+        good.send_event("GUEST_PANICKED", json!({"action": "pause"}));
+        hs.until("good destroyed", |r| {
+            has(r, |x| x["action"] == "destroy" && x["vm"] == "good")
+        })
+        .await;
+        let recs = hs.json.records();
+        assert!(has(&recs, |x| x["vm"] == "stuck" && x["status"] == "timeout"));
+        assert!(
+            !stuck.command_names().iter().any(|c| c == "quit"),
+            "the stuck VM is left as it is"
+        );
+        assert!(crate::dump::stale_partials(&dir).is_empty());
+        assert!(hs
+            .env
+            .metrics
+            .text()
+            .contains(r#"vigil_dump_timeouts_total{vm="stuck"} 1"#));
+        hg.stop().await.unwrap();
+        hs.stop().await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn removing_an_endpoint_frees_its_dump_slot() {
+        let stuck = stuck_dumper("stuck").await;
+        let good = fake_qemu("good", 256 << 20, None, 10).await;
+        let dir = crate::testutil::tempdir("dumps");
+        let mut c = config(&dir, Policy::CoredumpDestroy);
+        c.max_dumps = 1;
+        c.target.name = Some("stuck".into());
+        let hs = start(stuck.endpoint(), c);
+        let mut t = config(&dir, Policy::CoredumpDestroy).target;
+        t.name = Some("good".into());
+        let hg = start_with(
+            good.endpoint(),
+            t,
+            hs.env.clone(),
+            hs.json.clone(),
+            hs.human.clone(),
+        );
+        hs.until("both connected", |r| {
+            count(r, |x| x["status"] == "connected") == 2
+        })
+        .await;
+        stuck.send_event("GUEST_PANICKED", json!({"action": "pause"}));
+        hs.until("stuck dumps", |r| {
+            has(r, |x| x["status"] == "started" && x["vm"] == "stuck")
+        })
+        .await;
+        good.send_event("GUEST_PANICKED", json!({"action": "pause"}));
+        hs.until("good queued", |r| {
+            has(r, |x| x["status"] == "queued" && x["vm"] == "good")
+        })
+        .await;
+        // the stuck VM's endpoint goes (a reload, its socket removed)
+        hs.abort.cancel();
+        hg.until("good destroyed", |r| {
+            has(r, |x| x["action"] == "destroy" && x["vm"] == "good")
+        })
+        .await;
+        assert!(crate::dump::stale_partials(&dir).is_empty());
+        let (json, env) = (hs.json.clone(), hs.env.clone());
+        hs.task.await.unwrap();
+        env.log.flush(Duration::from_secs(5));
+        assert!(
+            json.text().lines().any(|l| l.contains("abandoned")),
+            "{}",
+            json.text()
+        );
+        assert!(
+            !env.metrics.text().contains(r#"vm="stuck""#),
+            "its series go"
+        );
+        hg.stop().await.unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -578,7 +732,9 @@ mod tests {
     async fn waits_for_a_socket_that_does_not_exist_yet() {
         let dir = crate::testutil::tempdir("late");
         let ep = Endpoint::Unix(dir.join("nothing-yet.sock"));
-        let h = start(ep, config(&dir, Policy::Log));
+        let mut c = config(&dir, Policy::Log);
+        c.target.name = None;
+        let h = start(ep, c);
         h.until("connect failure", |r| {
             has(r, |x| x["status"] == "connect-failed")
         })
@@ -610,7 +766,9 @@ mod tests {
         })
         .await;
         let dir = crate::testutil::tempdir("dumps");
-        let h = start(fake.endpoint(), config(&dir, Policy::Destroy));
+        let mut c = config(&dir, Policy::Destroy);
+        c.target.name = None;
+        let h = start(fake.endpoint(), c);
         h.until("destroy", |r| has(r, |x| x["action"] == "destroy"))
             .await;
         let recs = h.json.records();
@@ -708,15 +866,12 @@ mod tests {
         let dir = crate::testutil::tempdir("dumps");
         let mut c = config(&dir, Policy::CoredumpDestroy);
         c.max_dumps = 1;
+        c.target.name = Some("vm-a".into());
         let ha = start(a.endpoint(), c);
         let env = ha.env.clone();
-        let hb = start_with(
-            b.endpoint(),
-            config(&dir, Policy::CoredumpDestroy).target,
-            env,
-            ha.json.clone(),
-            ha.human.clone(),
-        );
+        let mut tb = config(&dir, Policy::CoredumpDestroy).target;
+        tb.name = Some("vm-b".into());
+        let hb = start_with(b.endpoint(), tb, env, ha.json.clone(), ha.human.clone());
         ha.until("both connected", |r| {
             count(r, |x| x["status"] == "connected") == 2
         })
