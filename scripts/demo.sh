@@ -49,10 +49,10 @@ mkdir -p "$tmp/dumps"
     -fw_cfg name=opt/vigil/stall-timeout,string=2 -fw_cfg name=opt/vigil/stall-pets,string=3 \
     -device vcpu-stall-detector,id=stall -action watchdog=pause \
     -chardev stdio,id=ser,signal=off -serial chardev:ser \
-    -qmp "unix:$tmp/loop.sock,server=on,wait=off" < /dev/null 2>&1 |
+    -qmp "unix:$tmp/demo-vm.qmp,server=on,wait=off" < /dev/null 2>&1 |
     grep --line-buffered -E 'up, timeout|stop petting' | sed -u 's/^/  [guest] /' &
 "$VIGIL_ROOT/target/release/vigil" --on-stall coredump-restart --dump-dir "$tmp/dumps" \
-    "unix:$tmp/loop.sock" 2>&1 | sed -u 's/^/  [vigil] /' &
+    "unix:$tmp/demo-vm.qmp" 2>&1 | sed -u 's/^/  [vigil] /' &
 vigil_pipe=$!
 # The guest stalls after 3 pets; warning after 2 s, action 2 s later, then
 # the dump and the reset: the guest's second "up" line shows it is back.

@@ -188,10 +188,10 @@ elif want vigil; then
     "$QEMU_X86" -M q35 -m 256 -smp 1 -accel tcg -nodefaults -display none -name pcipanic \
         -kernel "$X86_KERNEL" -initrd "$X86_PCI_INITRD" -append "console=ttyS0 panic=0 vigil.action=panic" \
         -device pvpanic-pci -action panic=pause \
-        -serial "file:$tmp/vigil.serial" -qmp "unix:$tmp/vigil.qmp,server=on,wait=off" 2>"$tmp/vigil-qemu.err" &
+        -serial "file:$tmp/vigil.serial" -qmp "unix:$tmp/pcipanic.qmp,server=on,wait=off" 2>"$tmp/vigil-qemu.err" &
     qemu_pids+=($!)
     "$VIGIL_BIN" --on-panic coredump-restart --dump-dir "$tmp/dumps" --log-json "$tmp/vigil.jsonl" \
-        "unix:$tmp/vigil.qmp" 2>"$tmp/vigil.err" &
+        "unix:$tmp/pcipanic.qmp" 2>"$tmp/vigil.err" &
     watch_pids+=($!)
     serial_count() { grep -c "$1" "$tmp/vigil.serial" 2>/dev/null || true; }
     bound_twice() { [ "$(serial_count '^vigil-guest: bound pvpanic-pci ')" -ge 2 ] 2>/dev/null &&

@@ -56,10 +56,10 @@ else
     "$QEMU_X86" -M q35 -m 256 -smp 1 -accel tcg -nodefaults -display none -name panicky \
         -kernel "$X86_KERNEL" -initrd "$X86_INITRD" -append "console=ttyS0 panic=0 vigil.action=panic" \
         -device '{"driver":"pvpanic","ioport":1285}' -action panic=pause \
-        -serial "file:$tmp/x86.serial" -qmp "unix:$tmp/x86.qmp,server=on,wait=off" 2>"$tmp/x86.err" &
+        -serial "file:$tmp/x86.serial" -qmp "unix:$tmp/panicky.qmp,server=on,wait=off" 2>"$tmp/x86.err" &
     qemu_pids+=($!)
     "$VIGIL_BIN" --on-panic coredump-restart --dump-dir "$tmp/dumps1" --log-json "$tmp/vigil1.jsonl" \
-        "unix:$tmp/x86.qmp" 2>"$tmp/vigil1.err" &
+        "unix:$tmp/panicky.qmp" 2>"$tmp/vigil1.err" &
     watch_pids+=($!)
 
     ready_twice() { [ "$(grep -c 'vigil-guest: ready' "$tmp/x86.serial" 2>/dev/null)" -ge 2 ]; }
@@ -96,11 +96,11 @@ else
         -kernel "$guest/stall-guest.elf" \
         -fw_cfg name=opt/vigil/stall-timeout,string=1 -fw_cfg name=opt/vigil/stall-pets,string=2 \
         -device vcpu-stall-detector,id=stall -action watchdog=pause \
-        -serial "file:$tmp/stall.serial" -qmp "unix:$tmp/stall.qmp,server=on,wait=off" 2>"$tmp/stall.err" &
+        -serial "file:$tmp/stall.serial" -qmp "unix:$tmp/stally.qmp,server=on,wait=off" 2>"$tmp/stall.err" &
     qpid=$!
     qemu_pids+=("$qpid")
     "$VIGIL_BIN" --on-stall coredump-destroy --dump-dir "$tmp/dumps2" --log-json "$tmp/vigil2.jsonl" \
-        "unix:$tmp/stall.qmp" 2>"$tmp/vigil2.err" &
+        "unix:$tmp/stally.qmp" 2>"$tmp/vigil2.err" &
     watch_pids+=($!)
     qemu_gone() { ! kill -0 "$qpid" 2>/dev/null; }
     wait_for 120 qemu_gone

@@ -86,7 +86,11 @@ impl Endpoint {
         match self {
             Endpoint::Unix(p) => p
                 .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
+                .map(|s| {
+                    let s = s.to_string_lossy();
+                    // NAME.vigil.qmp: a socket of its own for vigil
+                    s.strip_suffix(".vigil").unwrap_or(&s).to_string()
+                })
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "vm".to_string()),
             Endpoint::Tcp { host, port } => format!("{host}-{port}"),
@@ -536,6 +540,13 @@ mod tests {
     fn fallback_names() {
         assert_eq!(
             "unix:/run/vm/web1.qmp"
+                .parse::<Endpoint>()
+                .unwrap()
+                .fallback_name(),
+            "web1"
+        );
+        assert_eq!(
+            "unix:/run/vm/web1.vigil.sock"
                 .parse::<Endpoint>()
                 .unwrap()
                 .fallback_name(),

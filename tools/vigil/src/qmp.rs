@@ -719,7 +719,13 @@ async fn read_loop(mut reader: BufReader<ReadHalf>, shared: Arc<Shared>) {
             }
             Ok(Line::Line) => match parse_message(&buf) {
                 Message::Blank => {}
-                Message::Event(e) => {
+                Message::Event(mut e) => {
+                    // An event's data is kept up to MAX_DATA bytes (of its
+                    // line): a peer sending large distinct events cannot make
+                    // the queue hold their parsed form (~16 times their size).
+                    if buf.len() > crate::record::MAX_DATA {
+                        e.data = crate::record::cap_value(e.data, crate::record::MAX_DATA);
+                    }
                     if let Some(subs) = &mut *shared.subscribers.lock().unwrap() {
                         subs.retain(|s| !s.is_closed());
                         for s in subs.iter() {

@@ -28,7 +28,7 @@ pub const SOFT_ITEMS: usize = 256;
 /// Past this many, the reader waits.
 pub const HARD_ITEMS: usize = 65_536;
 /// Past this many bytes of (wire) input waiting, the reader waits.
-pub const HARD_BYTES: usize = 32 << 20;
+pub const HARD_BYTES: usize = 4 << 20;
 
 /// Events that never coalesce: those a policy may act on, and those an
 /// action waits for.

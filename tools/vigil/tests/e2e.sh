@@ -237,7 +237,9 @@ pids+=($!)
 wait_for 5 test -S "$work/fake.sock"
 start_vigil v4 --on-panic restart --reconnect-max 0.5 "unix:$work/fake.sock"
 check "malformed: bad greeting refused, then reconnect" "@$work/v4.err" \
-    wait_for 10 has "$work/v4.jsonl" status=connected vm=fakevm
+    wait_for 10 has "$work/v4.jsonl" status=connected vm=fake
+check "identity: the peer's -name fakevm is reported, not believed (vm from the socket: fake)" "@$work/v4.jsonl" \
+    has "$work/v4.jsonl" type=identity vm=fake claimed-name=fakevm
 check "malformed: bad greeting logged" "@$work/v4.jsonl" \
     bash -c 'grep "connect-failed" "$1" | grep -q "QMP greeting"' _ "$work/v4.jsonl"
 check "malformed: valid event after garbage handled" "@$work/v4.err" \
@@ -250,7 +252,7 @@ check "malformed: unknown event logged" "" has "$work/v4.jsonl" event=SOME_FUTUR
 check "malformed: bad VCPU_STALL only logged" "" has "$work/v4.jsonl" event=VCPU_STALL decision=log
 check "malformed: vigil keeps running" "@$work/v4.err" alive "$VPID"
 check "malformed: stderr has one line per event" "@$work/v4.err" \
-    grep -q '^vigil: fakevm: GUEST_PANICKED {"action":"pause"}: restart (--on-panic)$' "$work/v4.err"
+    grep -q '^vigil: fake: GUEST_PANICKED {"action":"pause"}: restart (--on-panic)$' "$work/v4.err"
 kill "$VPID" 2>/dev/null
 
 # ---------------------------------------------------------------- 5. unsupported format
@@ -261,23 +263,22 @@ missing=
 for f in kdump-lzo kdump-snappy kdump-raw-lzo kdump-raw-snappy; do
     case $formats in *"\"$f\""*) ;; *) missing=$f; break ;; esac
 done
+c_err="format: a format this QEMU cannot write is an error for this VM's dumps, vigil runs on"
+c_fail="format: that VM's panic: its dump fails, the VM is left as it is (no quit)"
+c_alive="format: vigil keeps running"
 if [ -z "$missing" ]; then
     log "this QEMU writes every kdump format ($formats): nothing to refuse"
-    pass "format: unsupported format refused (nothing unsupported)"
+    for c in "$c_err" "$c_fail" "$c_alive"; do pass "$c (nothing unsupported)"; done
 else
-    "$VIGIL" --on-panic coredump-destroy --dump-dir "$work/d5" --dump-format "$missing" \
-        "unix:$work/vm5.vigil.sock" >"$work/v5.out" 2>"$work/v5.err" &
-    v5=$!
-    pids+=("$v5")
-    if wait_for 15 dead "$v5"; then
-        wait "$v5"
-        rc=$?
-        check "format: vigil exits 1 on $missing" "exit status $rc" test "$rc" = 1
-        check "format: clear message" "@$work/v5.err" \
-            grep -q "cannot write dump format $missing" "$work/v5.err"
-    else
-        fail "format: vigil exits 1 on $missing" "still running: $(cat "$work/v5.err")"
-    fi
+    start_vigil v5 --on-panic coredump-destroy --dump-dir "$work/d5" --dump-format "$missing" \
+        "unix:$work/vm5.vigil.sock"
+    check "$c_err" "@$work/v5.err" \
+        wait_for 10 grep -q "cannot write dump format $missing" "$work/v5.jsonl"
+    panic_vm vm5
+    check "$c_fail" "@$work/v5.err" \
+        wait_for 15 has "$work/v5.jsonl" action=dump status=failed vm-state=preserved
+    check "$c_alive" "@$work/v5.err" bash -c 'sleep 0.5; kill -0 "$1" && kill -0 "$2"' _ "$VPID" "$QPID"
+    kill "$VPID" 2>/dev/null
 fi
 kill "$QPID" 2>/dev/null
 check "format: usage error without --dump-dir" "" \

@@ -40,8 +40,9 @@ try:
 except FileNotFoundError:
     pass
 srv = socket.socket(socket.AF_UNIX)
-srv.bind(path + ".tmp")
-os.rename(path + ".tmp", path)   # appears whole, listening
+# bound at its own path: vigil checks that the server bound the path it
+# watches (a socket renamed there from elsewhere is refused)
+srv.bind(path)
 srv.listen(1)
 flooded = False
 while True:

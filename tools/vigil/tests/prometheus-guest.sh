@@ -83,12 +83,12 @@ result "prometheus: the server starts on 127.0.0.1:$pport" $?
 "$QEMU_X86" -M q35 -m 256 -smp 1 -accel tcg -nodefaults -display none -name panicky -S \
     -kernel "$X86_KERNEL" -initrd "$X86_INITRD" -append "console=ttyS0 panic=0 vigil.action=panic" \
     -device '{"driver":"pvpanic","ioport":1285}' -action panic=pause \
-    -serial "file:$tmp/x86.serial" -qmp "unix:$tmp/x86.qmp,server=on,wait=off" \
+    -serial "file:$tmp/x86.serial" -qmp "unix:$tmp/panicky.qmp,server=on,wait=off" \
     -qmp "unix:$tmp/x86.test.qmp,server=on,wait=off" 2>"$tmp/x86.err" &
 qpid=$!
 qemu_pids+=("$qpid")
 "$VIGIL_BIN" --on-panic coredump-destroy --dump-dir "$tmp/dumps" --metrics "127.0.0.1:$vport" \
-    --log-json "$tmp/vigil.jsonl" "unix:$tmp/x86.qmp" 2>"$tmp/vigil.err" &
+    --log-json "$tmp/vigil.jsonl" "unix:$tmp/panicky.qmp" 2>"$tmp/vigil.err" &
 watch_pids+=($!)
 
 q_panics='vigil_events_total{job="vigil",vm="panicky",event="GUEST_PANICKED"}'
