@@ -380,14 +380,15 @@ impl Job<'_> {
         .map_err(DumpError::Create)?;
         let result = self.dump_to(&file, &paths, ram, free).await;
         let result = match result {
-            Ok((bytes, secs)) => {
+            Ok(secs) => {
                 let p2 = paths.clone();
                 let r = blocking("finishing the dump file", cfg.fs_timeout, move || {
-                    finalize(&p2, &file)
+                    let bytes = file.metadata()?.len();
+                    finalize(&p2, &file).map(|f| (f, bytes))
                 })
                 .await
                 .map_err(DumpError::Finalize);
-                if let Ok(f) = &r {
+                let r = r.map(|(f, bytes)| {
                     env.metrics.dump_bytes.inc_by(bytes);
                     env.metrics.dump_duration.observe(secs);
                     self.action(
@@ -396,7 +397,8 @@ impl Job<'_> {
                                "seconds": (secs * 1000.0).round() / 1000.0, "format": fmt.qapi_name()}),
                         format!("dump written: {} ({} MiB in {secs:.1} s)", f.display(), bytes >> 20),
                     );
-                }
+                    f
+                });
                 r
             }
             Err(e) => {
@@ -432,7 +434,7 @@ impl Job<'_> {
         paths: &DumpPaths,
         ram: u64,
         free: u64,
-    ) -> Result<(u64, f64), DumpError> {
+    ) -> Result<f64, DumpError> {
         let (client, env) = (self.client, self.env);
         let fmt = env.cfg.dump_format;
         client
@@ -473,8 +475,7 @@ impl Job<'_> {
         };
         env.log.progress_done(self.ctx);
         result?;
-        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-        Ok((bytes, t0.elapsed().as_secs_f64()))
+        Ok(t0.elapsed().as_secs_f64())
     }
 }
 

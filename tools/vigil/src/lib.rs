@@ -24,6 +24,7 @@ pub mod error;
 pub mod fleet;
 pub mod hooks;
 pub mod log;
+pub mod message;
 pub mod metrics;
 pub mod peer;
 pub mod policy;

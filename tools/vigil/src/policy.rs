@@ -192,6 +192,19 @@ impl Policies {
         }
     }
 
+    /// Whether any policy changes the VM (anything but `log`).
+    pub fn any_action(&self) -> bool {
+        [
+            self.panic,
+            self.crashloaded,
+            self.stall,
+            self.watchdog,
+            self.shutdown,
+        ]
+        .iter()
+        .any(|p| *p != Policy::Log)
+    }
+
     pub fn any_dump(&self) -> bool {
         [
             self.panic,

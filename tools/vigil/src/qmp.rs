@@ -108,25 +108,7 @@ const _: () = assert!(MAX_LINE <= 10 << 20);
 /// How much of the start of an overlong line is kept for its report.
 pub const SKIPPED_HEAD: usize = 256;
 
-/// A QMP event, kept generic: name, `data` (or `{}`), and QEMU's time stamp.
-#[derive(Clone, Debug, PartialEq)]
-pub struct QmpEvent {
-    pub name: String,
-    pub data: Value,
-    /// `timestamp` as seconds and microseconds, if the server sent it.
-    pub timestamp: Option<(i64, i64)>,
-}
-
-/// What the reader passes on to subscribers.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Notice {
-    Event(QmpEvent),
-    /// A line that is not JSON, or too long. The text says what was wrong.
-    Malformed(String),
-    /// Valid JSON that is not a QMP message we expect (a response to no
-    /// command of ours, a second greeting, ...).
-    Unexpected(String),
-}
+pub use crate::message::{Notice, QmpEvent};
 
 #[derive(Debug)]
 pub enum QmpError {

@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use serde_json::Value;
 use tokio::sync::Notify;
 
-use crate::qmp::Notice;
+use crate::message::Notice;
 
 /// Past this many waiting notices, routine ones are coalesced.
 pub const SOFT_ITEMS: usize = 256;
@@ -215,7 +215,7 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::qmp::QmpEvent;
+    use crate::message::QmpEvent;
     use serde_json::json;
 
     fn ev(name: &str, data: Value) -> Notice {

@@ -149,6 +149,14 @@ pub async fn session(
         Err(_) => return SessionEnd::Disconnected,
     };
 
+    if client.peer_is_tcp() && (t.policies.any_action()) {
+        log.warn(
+            Some(ctx),
+            "tcp: endpoints are unauthenticated (any local user can listen on the port while QEMU is down): \
+             this VM's policies act on whoever answers; use a unix: socket"
+                .into(),
+        );
+    }
     log.emit(
         Record::new(Some(ctx), Body::Connection(ConnStatus::Connected))
             .with(json!({"qemu-version": version, "peer": client.peer_json()}))
