@@ -348,27 +348,35 @@ pub async fn run_one(cfg: &HookConfig, rec: &Record, line: &[u8]) -> Outcome {
     let pid = child.id();
     let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
     let mut output = Vec::new();
+    let stdin = child.stdin.take();
     let run = async {
-        if let Some(mut stdin) = child.stdin.take() {
-            // a command that does not read its input is fine (EPIPE ignored)
-            let _ = stdin.write_all(line).await;
-        }
-        // at most MAX_OUTPUT bytes of output, then the pipes are closed
-        let (mut b1, mut b2) = ([0u8; 1024], [0u8; 1024]);
-        while output.len() < MAX_OUTPUT && (out.is_some() || err.is_some()) {
-            let got: &[u8] = tokio::select! {
-                r = async { out.as_mut().unwrap().read(&mut b1).await }, if out.is_some() => {
-                    match r { Ok(0) | Err(_) => { out = None; &[] } Ok(n) => &b1[..n] }
-                }
-                r = async { err.as_mut().unwrap().read(&mut b2).await }, if err.is_some() => {
-                    match r { Ok(0) | Err(_) => { err = None; &[] } Ok(n) => &b2[..n] }
-                }
-            };
-            let room = MAX_OUTPUT - output.len();
-            output.extend_from_slice(&got[..got.len().min(room)]);
-        }
-        drop(out.take());
-        drop(err.take());
+        // the record goes in while the output comes out (a hook that writes
+        // before it reads cannot deadlock against vigil)
+        let feed = async move {
+            if let Some(mut stdin) = stdin {
+                // a command that does not read its input is fine (EPIPE ignored)
+                let _ = stdin.write_all(line).await;
+            }
+        };
+        let drain = async {
+            // at most MAX_OUTPUT bytes of output, then the pipes are closed
+            let (mut b1, mut b2) = ([0u8; 1024], [0u8; 1024]);
+            while output.len() < MAX_OUTPUT && (out.is_some() || err.is_some()) {
+                let got: &[u8] = tokio::select! {
+                    r = async { out.as_mut().unwrap().read(&mut b1).await }, if out.is_some() => {
+                        match r { Ok(0) | Err(_) => { out = None; &[] } Ok(n) => &b1[..n] }
+                    }
+                    r = async { err.as_mut().unwrap().read(&mut b2).await }, if err.is_some() => {
+                        match r { Ok(0) | Err(_) => { err = None; &[] } Ok(n) => &b2[..n] }
+                    }
+                };
+                let room = MAX_OUTPUT - output.len();
+                output.extend_from_slice(&got[..got.len().min(room)]);
+            }
+            drop(out.take());
+            drop(err.take());
+        };
+        tokio::join!(feed, drain);
         child.wait().await
     };
     let r = tokio::time::timeout(cfg.timeout, run).await;
@@ -597,8 +605,9 @@ mod tests {
     #[test]
     fn bytes_stay_bounded_under_distinct_large_records() {
         let mut q = Queues::default();
-        let big = "x".repeat(MAX_RECORD);
-        for vm in 0..2000 {
+        // 300 records of 60 KiB: over MAX_BYTES (16 MiB)
+        let big = "x".repeat(60 << 10);
+        for vm in 0..300 {
             let r = event(&format!("vm{vm}"), "RTC_CHANGE", json!({"pad": big}));
             q.push(&format!("vm{vm}"), Priority::Routine, item(r));
         }
