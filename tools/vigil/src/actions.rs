@@ -50,6 +50,7 @@ impl Action {
                     action,
                     status,
                     policy: self.policy.name(),
+                    event: self.event.clone(),
                 },
             )
             .with(fields)
@@ -69,6 +70,7 @@ impl Action {
                         ctx: &self.ctx,
                         env: &self.env,
                         policy: self.policy.name(),
+                        event: &self.event,
                         abort: &self.abort,
                         stop: &self.stop,
                     }
@@ -85,7 +87,7 @@ impl Action {
                 self.emit(
                     "dump",
                     status,
-                    json!({"error": e.to_string(), "event": self.event, "vm-state": "preserved"}),
+                    json!({"error": e.to_string(), "vm-state": "preserved"}),
                     format!("dump {status}: {e}; VM left as it is"),
                 );
                 return;
@@ -103,16 +105,13 @@ impl Action {
 
     async fn destroy(&self) {
         match self.client.execute("quit", None).await {
-            Ok(_) | Err(QmpError::Disconnected) => self.emit(
-                "destroy",
-                "ok",
-                json!({"event": self.event}),
-                "destroyed (quit)".into(),
-            ),
+            Ok(_) | Err(QmpError::Disconnected) => {
+                self.emit("destroy", "ok", json!({}), "destroyed (quit)".into())
+            }
             Err(e) => self.emit(
                 "destroy",
                 "failed",
-                json!({"error": e.to_string(), "event": self.event}),
+                json!({"error": e.to_string()}),
                 format!("destroy (quit) failed: {e}"),
             ),
         }
@@ -123,7 +122,7 @@ impl Action {
             self.emit(
                 "restart",
                 "failed",
-                json!({"step": step, "error": e.to_string(), "event": self.event}),
+                json!({"step": step, "error": e.to_string()}),
                 format!("restart failed at {step}: {e}"),
             );
         };
@@ -155,7 +154,7 @@ impl Action {
         self.emit(
             "restart",
             "ok",
-            json!({"reset-event": saw_reset, "run-state": status, "event": self.event}),
+            json!({"reset-event": saw_reset, "run-state": status}),
             format!("restarted (system_reset + cont), VM {status}"),
         );
     }

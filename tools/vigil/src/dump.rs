@@ -271,6 +271,8 @@ pub struct Job<'a> {
     pub ctx: &'a Ctx,
     pub env: &'a Env,
     pub policy: &'static str,
+    /// The event the dump is for.
+    pub event: &'a str,
     /// Cancelled when the endpoint is removed: a queued or running dump is
     /// abandoned (a stopping vigil lets a running dump finish instead).
     pub abort: &'a CancellationToken,
@@ -287,6 +289,7 @@ impl Job<'_> {
                     action: "dump",
                     status,
                     policy: self.policy,
+                    event: self.event.to_string(),
                 },
             )
             .with(fields)

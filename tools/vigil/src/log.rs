@@ -147,6 +147,7 @@ pub fn count(m: &Metrics, rec: &Record) {
             action,
             status,
             policy,
+            ..
         } => {
             if matches!(
                 *status,
@@ -162,14 +163,7 @@ pub fn count(m: &Metrics, rec: &Record) {
             }
         }
         Body::NameMismatch { .. } => m.name_mismatch(vm),
-        Body::Connection(crate::record::ConnStatus::Refused) => {
-            let reason = rec
-                .extra
-                .get("reason")
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or("other");
-            m.peer_refused(vm, reason);
-        }
+        Body::Connection(crate::record::ConnStatus::Refused(reason)) => m.peer_refused(vm, reason),
         _ => {}
     }
 }
@@ -376,6 +370,7 @@ mod tests {
                 action: "dump",
                 status: "started",
                 policy: "coredump-restart",
+                event: "GUEST_PANICKED".into(),
             },
             json!({"note": "a \"quoted\"\nline"}),
             None,

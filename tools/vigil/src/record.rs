@@ -48,7 +48,8 @@ pub enum ConnStatus {
     Disconnected,
     ConnectFailed,
     /// The peer is not the VM the configuration names: nothing is acted on.
-    Refused,
+    /// The reason is one of `peer::Refusal::reason`'s.
+    Refused(&'static str),
 }
 
 impl ConnStatus {
@@ -57,7 +58,7 @@ impl ConnStatus {
             ConnStatus::Connected => "connected",
             ConnStatus::Disconnected => "disconnected",
             ConnStatus::ConnectFailed => "connect-failed",
-            ConnStatus::Refused => "refused",
+            ConnStatus::Refused(_) => "refused",
         }
     }
 }
@@ -108,6 +109,8 @@ pub enum Body {
         status: &'static str,
         /// The policy this action belongs to.
         policy: &'static str,
+        /// The event that caused it.
+        event: String,
     },
     Protocol {
         kind: ProtocolKind,
@@ -220,7 +223,12 @@ impl Record {
         };
         match &self.body {
             Body::Startup | Body::WatchDir => {}
-            Body::Connection(s) => put("status", s.name().into()),
+            Body::Connection(s) => {
+                put("status", s.name().into());
+                if let ConnStatus::Refused(r) = s {
+                    put("reason", (*r).into());
+                }
+            }
             Body::Event(e) => {
                 put("event", e.name.clone().into());
                 put("data", e.data.clone());
@@ -245,10 +253,12 @@ impl Record {
                 action,
                 status,
                 policy,
+                event,
             } => {
                 put("action", (*action).into());
                 put("status", (*status).into());
                 put("policy", (*policy).into());
+                put("event", event.clone().into());
             }
             Body::Protocol {
                 kind,
@@ -303,7 +313,7 @@ impl Record {
     pub fn priority(&self) -> Option<Priority> {
         match &self.body {
             Body::Action { .. } | Body::NameMismatch { .. } => Some(Priority::Page),
-            Body::Connection(ConnStatus::Refused) => Some(Priority::Page),
+            Body::Connection(ConnStatus::Refused(_)) => Some(Priority::Page),
             Body::Event(e) => {
                 let page = matches!(
                     e.name.as_str(),
@@ -325,7 +335,6 @@ impl Record {
     /// at most [`MAX_ENV`] bytes, control characters escaped.
     pub fn hook_env(&self) -> Vec<(&'static str, String)> {
         let (mut event, mut policy, mut action, mut status) = ("", "", "", "");
-        let extra = |k: &str| self.extra.get(k).and_then(Value::as_str).unwrap_or("");
         match &self.body {
             Body::Event(e) => {
                 event = &e.name;
@@ -335,11 +344,12 @@ impl Record {
                 action: a,
                 status: s,
                 policy: p,
+                event: e,
             } => {
                 action = a;
                 status = s;
                 policy = p;
-                event = extra("event");
+                event = e;
             }
             Body::Connection(s) => status = s.name(),
             Body::NameMismatch { .. } => status = "name-mismatch",
@@ -494,7 +504,8 @@ mod tests {
                 Body::Action {
                     action: "dump",
                     status: "started",
-                    policy: "coredump-destroy"
+                    policy: "coredump-destroy",
+                    event: "GUEST_PANICKED".into(),
                 }
             )),
             Some(Priority::Page)

@@ -101,8 +101,8 @@ async fn watch_loop(
                 // every refusal is counted; the same one is logged once
                 if last_error.as_deref() != Some(msg.as_str()) {
                     log.emit(
-                        Record::new(Some(ctx), Body::Connection(ConnStatus::Refused))
-                            .with(json!({"reason": r.reason(), "error": msg}))
+                        Record::new(Some(ctx), Body::Connection(ConnStatus::Refused(r.reason())))
+                            .with(json!({"error": msg}))
                             .say(format!(
                                 "refused the peer at {}: {msg}; nothing is acted on for this VM until it is the VM the configuration names",
                                 ctx.endpoint
