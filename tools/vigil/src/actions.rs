@@ -13,12 +13,39 @@ use crate::policy::{Finish, Policy};
 use crate::qmp::{Client, QmpError, StatusInfo};
 use crate::record::{Body, Ctx, Record};
 
+/// The QEMU process (its pid) whose dump timed out, kept by the watcher
+/// across connections: QEMU has no command to stop a dump, so it may still
+/// be writing into the abandoned file (vigil removed its name); that
+/// process gets no new dump, so that a hostile one cannot collect a
+/// descriptor and fill the disk unseen at every panic. A new QEMU process
+/// (a restart) gets dumps again.
+pub type TimedOut = Arc<std::sync::Mutex<Option<i32>>>;
+
 /// Why an action may not run as asked, found when the session started.
 #[derive(Clone, Debug, Default)]
 pub struct Limits {
     /// Why this VM cannot be dumped (its QEMU cannot write the configured
     /// format, a tcp: endpoint): its dumps fail with this, nothing else does.
     pub dump_unavailable: Option<String>,
+    /// The peer's pid (0 if unknown).
+    pub peer_pid: i32,
+    pub timed_out: TimedOut,
+}
+
+impl Limits {
+    /// Why a dump may not start now, if it may not.
+    fn no_dump(&self) -> Option<String> {
+        if let Some(why) = &self.dump_unavailable {
+            return Some(why.clone());
+        }
+        let t = *self.timed_out.lock().unwrap_or_else(|e| e.into_inner());
+        (t.is_some() && t == Some(self.peer_pid)).then(|| {
+            format!(
+                "an earlier dump of this QEMU (pid {}) timed out and it may still be writing it: no new dump until QEMU restarts",
+                self.peer_pid
+            )
+        })
+    }
 }
 
 /// What one action needs.
@@ -62,8 +89,8 @@ impl Action {
     /// libvirt does, so that an operator can still inspect or dump it.
     pub async fn run(self) {
         if self.policy.dumps() {
-            let r = match &self.limits.dump_unavailable {
-                Some(why) => Err(DumpError::Unavailable(why.clone())),
+            let r = match self.limits.no_dump() {
+                Some(why) => Err(DumpError::Unavailable(why)),
                 None => {
                     Job {
                         client: &self.client,
@@ -79,6 +106,13 @@ impl Action {
                 }
             };
             if let Err(e) = r {
+                if matches!(e, DumpError::Timeout(_)) {
+                    *self
+                        .limits
+                        .timed_out
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(self.limits.peer_pid);
+                }
                 let status = if matches!(e, DumpError::Timeout(_)) {
                     "timeout"
                 } else {

@@ -65,6 +65,8 @@ struct VmQueue {
     pages: VecDeque<Item>,
     routine: VecDeque<Item>,
     dropped: u64,
+    /// The VM's endpoint, for the drop notices.
+    endpoint: String,
 }
 
 /// The waiting records of every VM.
@@ -78,8 +80,9 @@ pub struct Queues {
     bytes: usize,
 }
 
-/// What [`Queues::push`] dropped: (VM, its drop count so far) per record.
-pub type Drops = Vec<(String, u64)>;
+/// What [`Queues::push`] dropped: (VM, its endpoint, its drop count so
+/// far) per record.
+pub type Drops = Vec<(String, String, u64)>;
 
 impl Queues {
     /// Queues `line` (the record's JSON) for `vm`, dropping what the caps
@@ -88,6 +91,11 @@ impl Queues {
         let mut drops = Drops::new();
         let size = item.line.len();
         let q = self.vms.entry(vm.to_string()).or_default();
+        if let Some(c) = &item.rec.ctx {
+            if q.endpoint != c.endpoint {
+                q.endpoint.clone_from(&c.endpoint);
+            }
+        }
         let (list, cap, turn) = match prio {
             Priority::Page => (&mut q.pages, VM_PAGES, &mut self.page_turn),
             Priority::Routine => (&mut q.routine, VM_ROUTINE, &mut self.routine_turn),
@@ -101,7 +109,7 @@ impl Queues {
             if let Some(old) = list.pop_front() {
                 self.bytes -= old.line.len();
                 q.dropped += 1;
-                drops.push((vm.to_string(), q.dropped));
+                drops.push((vm.to_string(), q.endpoint.clone(), q.dropped));
             }
         }
         // Over the byte cap: routine records go first (the largest VM's),
@@ -126,7 +134,7 @@ impl Queues {
             let Some(old) = list.pop_front() else { break };
             self.bytes -= old.line.len();
             q.dropped += 1;
-            drops.push((k.clone(), q.dropped));
+            drops.push((k.clone(), q.endpoint.clone(), q.dropped));
         }
         drops
     }
@@ -214,6 +222,14 @@ pub fn hook_line(rec: &Record) -> Vec<u8> {
     b
 }
 
+/// 1, 10, 100, ...
+fn is_power_of_ten(mut n: u64) -> bool {
+    while n >= 10 && n % 10 == 0 {
+        n /= 10;
+    }
+    n == 1
+}
+
 impl Hook {
     /// Queues `rec` for the hook; never waits.
     pub fn offer(&self, rec: Record, prio: Priority) {
@@ -225,11 +241,12 @@ impl Hook {
             Item { rec, line },
         );
         self.ready.notify_one();
-        for (vm, n) in drops {
+        for (vm, endpoint, n) in drops {
             self.metrics.dropped(Some(&vm), "notify", 1);
-            if n == 1 || (n >= 10 && n.is_power_of_two()) || n % 1000 == 0 {
+            // the 1st, 10th, 100th... drop of each VM is logged
+            if is_power_of_ten(n) {
                 let ctx = crate::record::Ctx {
-                    endpoint: String::new(),
+                    endpoint,
                     vm: vm.clone(),
                 };
                 let r = Record::new(
@@ -619,6 +636,12 @@ mod tests {
             item(event("db1", "GUEST_PANICKED", json!({}))),
         );
         assert_eq!(q.pop().unwrap().rec.vm(), Some("db1"));
+    }
+
+    #[test]
+    fn drops_are_logged_at_powers_of_ten() {
+        let logged: Vec<u64> = (1..=2000).filter(|n| is_power_of_ten(*n)).collect();
+        assert_eq!(logged, [1, 10, 100, 1000]);
     }
 
     #[test]

@@ -418,7 +418,8 @@ impl Client {
         peer: Peer,
         timeout: Duration,
     ) -> Result<(Client, Events), QmpError> {
-        let mut reader = BufReader::new(r);
+        // 64 KiB reads: a peer's large messages cost few system calls
+        let mut reader = BufReader::with_capacity(64 << 10, r);
         let mut buf = Vec::new();
         let greeting = tokio::time::timeout(timeout, async {
             loop {

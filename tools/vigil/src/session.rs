@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::actions::{Action, Limits};
+use crate::actions::{Action, Limits, TimedOut};
 use crate::context::{Env, Target};
 use crate::policy::{decide, Decision, Policy};
 use crate::qmp::{Client, DumpCapability, Events, NameInfo, Notice, QmpError, StatusInfo};
@@ -68,8 +68,13 @@ async fn limits(
     ctx: &Ctx,
     env: &Env,
     target: &Target,
+    timed_out: &TimedOut,
 ) -> Result<Limits, QmpError> {
-    let mut l = Limits::default();
+    let mut l = Limits {
+        peer_pid: client.peer().info().map_or(0, |i| i.pid),
+        timed_out: timed_out.clone(),
+        ..Limits::default()
+    };
     if !target.policies.any_dump() {
         env.metrics.set_dump_unavailable(&ctx.vm, false);
         return Ok(l);
@@ -124,6 +129,7 @@ pub async fn session(
     env: &Env,
     target: &watch::Receiver<Target>,
     stops: &Stops,
+    timed_out: &TimedOut,
 ) -> SessionEnd {
     let client = Arc::new(client);
     let log = &env.log;
@@ -144,7 +150,7 @@ pub async fn session(
     }
     let version = client.qemu_version().unwrap_or_else(|| "unknown".into());
     let t = target.borrow().clone();
-    let limits = match limits(&client, ctx, env, &t).await {
+    let limits = match limits(&client, ctx, env, &t, timed_out).await {
         Ok(l) => Arc::new(l),
         Err(_) => return SessionEnd::Disconnected,
     };

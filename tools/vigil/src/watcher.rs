@@ -57,6 +57,7 @@ async fn watch_loop(
     let mut backoff = Backoff::new(cfg.reconnect_min, cfg.reconnect_max);
     let mut last_error: Option<String> = None;
     let mut connections = 0u64;
+    let timed_out = crate::actions::TimedOut::default();
     loop {
         if stops.stop.is_cancelled() || stops.abort.is_cancelled() {
             return;
@@ -81,7 +82,7 @@ async fn watch_loop(
                     env.metrics.reconnected(&ctx.endpoint);
                 }
                 let started = Instant::now();
-                match session(client, rx, ctx, env, target, stops).await {
+                match session(client, rx, ctx, env, target, stops, &timed_out).await {
                     SessionEnd::Stopped => return,
                     SessionEnd::Disconnected => {
                         log.emit(
@@ -623,6 +624,26 @@ mod tests {
             .metrics
             .text()
             .contains(r#"vigil_dump_timeouts_total{vm="stuck"} 1"#));
+        // the same QEMU panics again: no new descriptor for it (it may still
+        // be writing the abandoned dump), the VM is left as it is
+        let getfds = || {
+            stuck
+                .command_names()
+                .iter()
+                .filter(|c| *c == "getfd")
+                .count()
+        };
+        assert_eq!(getfds(), 1);
+        stuck.send_event("GUEST_PANICKED", json!({"action": "pause"}));
+        hs.until("refused", |r| {
+            has(r, |x| {
+                x["vm"] == "stuck"
+                    && x["status"] == "failed"
+                    && x["error"].as_str().is_some_and(|e| e.contains("timed out"))
+            })
+        })
+        .await;
+        assert_eq!(getfds(), 1);
         hg.stop().await.unwrap();
         hs.stop().await.unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
