@@ -247,6 +247,7 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(
                 let keep = SKIPPED_HEAD.min(max);
                 if buf.len() < keep {
                     let more = (keep - buf.len()).min(chunk.len());
+                    reserve_within(buf, more, max);
                     buf.extend_from_slice(&chunk[..more]);
                 }
                 buf.truncate(keep);

@@ -26,9 +26,9 @@
 //! its name to [`TARGETS`] and a `#[test]` calling [`fuzz`]. Each target
 //! prints `fuzz NAME: N cases in T` to stderr (`--nocapture` shows it).
 //!
-//! A bug a target finds stays here as a regression test marked `#[ignore]`
+//! A bug a target finds stays here as a regression test, marked `#[ignore]`
 //! until it is fixed (`cargo test -p vigil --test fuzz -- --ignored` runs
-//! them): `read_line_capacity_never_passes_the_cap`.
+//! those): `read_line_capacity_never_passes_the_cap` was one (fixed).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Debug;
@@ -942,7 +942,6 @@ fn qmp_read_line() {
 /// `reserve_within(buf, more, max)` (or `reserve_exact`) before the
 /// `extend_from_slice`.
 #[test]
-#[ignore = "read_line's capacity can pass a small cap (see the comment)"]
 fn read_line_capacity_never_passes_the_cap() {
     for (pieces, max, line) in [
         (3, 4, &b"0123456789abc\n"[..]),
@@ -1313,18 +1312,20 @@ fn body() -> BoxedStrategy<Body> {
             ][..],
         ),
         select(POLICIES),
+        ".{0,40}",
     )
-        .prop_map(|(action, status, policy)| Body::Action {
+        .prop_map(|(action, status, policy, event)| Body::Action {
             action,
             status,
             policy,
+            event,
         });
     let other = select(vec![
         Body::Startup,
         Body::Connection(ConnStatus::Connected),
         Body::Connection(ConnStatus::Disconnected),
         Body::Connection(ConnStatus::ConnectFailed),
-        Body::Connection(ConnStatus::Refused),
+        Body::Connection(ConnStatus::Refused("bound-path")),
         Body::Notify { status: "ok" },
         Body::Dropped {
             sink: "notify",
