@@ -25,6 +25,8 @@ pub use crate::record::Ctx;
 
 /// Lines waiting for one sink; more are dropped (and counted).
 pub const SINK_QUEUE: usize = 4096;
+/// Bytes waiting for one sink; more are dropped (and counted).
+pub const SINK_BYTES: usize = 8 << 20;
 
 enum Msg {
     Line(Vec<u8>),
@@ -35,6 +37,8 @@ enum Msg {
 struct Sink {
     tx: SyncSender<Msg>,
     dropped: Arc<AtomicU64>,
+    /// Bytes queued and not yet written.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Sink {
@@ -43,6 +47,8 @@ impl Sink {
         let (tx, rx) = sync_channel::<Msg>(SINK_QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let d2 = dropped.clone();
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let q2 = queued.clone();
         let spawned = std::thread::Builder::new()
             .name("vigil-log".into())
             .spawn(move || {
@@ -68,6 +74,7 @@ impl Sink {
                             }
                             let _ = out.write_all(&l);
                             let _ = out.flush();
+                            q2.fetch_sub(l.len(), Ordering::Relaxed);
                         }
                         Msg::Flush(done) => {
                             let _ = out.flush();
@@ -80,14 +87,25 @@ impl Sink {
             // no thread: the queue fills and every line counts as dropped
             eprintln!("vigil: cannot start a log writer thread");
         }
-        Sink { tx, dropped }
+        Sink {
+            tx,
+            dropped,
+            queued,
+        }
     }
 
     /// Queues `line`; false if it was dropped.
     fn send(&self, line: Vec<u8>) -> bool {
+        let n = line.len();
+        if self.queued.load(Ordering::Relaxed).saturating_add(n) > SINK_BYTES {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        self.queued.fetch_add(n, Ordering::Relaxed);
         match self.tx.try_send(Msg::Line(line)) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.queued.fetch_sub(n, Ordering::Relaxed);
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 false
             }

@@ -127,12 +127,28 @@ fn main() -> ExitCode {
         json_sinks.push(Box::new(std::io::stdout()));
     }
     if let Some(path) = &cli.log_json {
+        // O_NONBLOCK for the open only: a FIFO nobody reads is an error
+        // (ENXIO), not a vigil that hangs before it starts
         match fs::OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o640)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(path)
-        {
+            .and_then(|f| {
+                use std::os::fd::AsRawFd;
+                // SAFETY: fcntl on a descriptor we own.
+                let flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
+                // SAFETY: as above.
+                if flags < 0
+                    || unsafe {
+                        libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK)
+                    } < 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(f)
+            }) {
             Ok(f) => json_sinks.push(Box::new(f)),
             Err(e) => {
                 eprintln!("vigil: error: cannot open {}: {e}", path.display());
