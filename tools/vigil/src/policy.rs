@@ -192,8 +192,8 @@ impl Policies {
         }
     }
 
-    /// Whether any policy changes the VM (anything but `log`).
-    pub fn any_action(&self) -> bool {
+    /// Every event's policy.
+    fn all(&self) -> [Policy; 5] {
         [
             self.panic,
             self.crashloaded,
@@ -201,20 +201,15 @@ impl Policies {
             self.watchdog,
             self.shutdown,
         ]
-        .iter()
-        .any(|p| *p != Policy::Log)
+    }
+
+    /// Whether any policy changes the VM (anything but `log`).
+    pub fn any_action(&self) -> bool {
+        self.all().iter().any(|p| *p != Policy::Log)
     }
 
     pub fn any_dump(&self) -> bool {
-        [
-            self.panic,
-            self.crashloaded,
-            self.stall,
-            self.watchdog,
-            self.shutdown,
-        ]
-        .iter()
-        .any(|p| p.dumps())
+        self.all().iter().any(|p| p.dumps())
     }
 }
 

@@ -579,14 +579,17 @@ mod tests {
         .await
     }
 
-    #[tokio::test]
-    async fn a_dump_that_never_ends_times_out_and_frees_its_slot() {
+    /// Two VMs and one dump slot: "stuck" panics and its dump never ends,
+    /// then "good" panics (and waits for the slot).
+    async fn stuck_then_good(
+        timeout: Option<Duration>,
+    ) -> (FakeQmp, FakeQmp, PathBuf, Harness, Harness) {
         let stuck = stuck_dumper("stuck").await;
         let good = fake_qemu("good", 256 << 20, None, 10).await;
         let dir = crate::testutil::tempdir("dumps");
         let mut c = config(&dir, Policy::CoredumpDestroy);
         c.max_dumps = 1;
-        c.cfg.dump_timeout = Some(Duration::from_millis(500));
+        c.cfg.dump_timeout = timeout;
         c.target.name = Some("stuck".into());
         let hs = start(stuck.endpoint(), c);
         let mut t = config(&dir, Policy::CoredumpDestroy).target;
@@ -608,6 +611,12 @@ mod tests {
         })
         .await;
         good.send_event("GUEST_PANICKED", json!({"action": "pause"}));
+        (stuck, good, dir, hs, hg)
+    }
+
+    #[tokio::test]
+    async fn a_dump_that_never_ends_times_out_and_frees_its_slot() {
+        let (stuck, _good, dir, hs, hg) = stuck_then_good(Some(Duration::from_millis(500))).await;
         hs.until("good destroyed", |r| {
             has(r, |x| x["action"] == "destroy" && x["vm"] == "good")
         })
@@ -651,32 +660,7 @@ mod tests {
 
     #[tokio::test]
     async fn removing_an_endpoint_frees_its_dump_slot() {
-        let stuck = stuck_dumper("stuck").await;
-        let good = fake_qemu("good", 256 << 20, None, 10).await;
-        let dir = crate::testutil::tempdir("dumps");
-        let mut c = config(&dir, Policy::CoredumpDestroy);
-        c.max_dumps = 1;
-        c.target.name = Some("stuck".into());
-        let hs = start(stuck.endpoint(), c);
-        let mut t = config(&dir, Policy::CoredumpDestroy).target;
-        t.name = Some("good".into());
-        let hg = start_with(
-            good.endpoint(),
-            t,
-            hs.env.clone(),
-            hs.json.clone(),
-            hs.human.clone(),
-        );
-        hs.until("both connected", |r| {
-            count(r, |x| x["status"] == "connected") == 2
-        })
-        .await;
-        stuck.send_event("GUEST_PANICKED", json!({"action": "pause"}));
-        hs.until("stuck dumps", |r| {
-            has(r, |x| x["status"] == "started" && x["vm"] == "stuck")
-        })
-        .await;
-        good.send_event("GUEST_PANICKED", json!({"action": "pause"}));
+        let (_stuck, _good, dir, hs, hg) = stuck_then_good(None).await;
         hs.until("good queued", |r| {
             has(r, |x| x["status"] == "queued" && x["vm"] == "good")
         })
