@@ -19,7 +19,11 @@ use crate::record::{Body, Ctx, Record};
 /// process gets no new dump, so that a hostile one cannot collect a
 /// descriptor and fill the disk unseen at every panic. A new QEMU process
 /// (a restart) gets dumps again.
-pub type TimedOut = Arc<std::sync::Mutex<Option<i32>>>;
+pub type TimedOut = Arc<std::sync::Mutex<Option<PeerKey>>>;
+
+/// A QEMU process: its pid and its socket's (device, inode) (a pid alone is
+/// 0 for a peer in another pid namespace, and may be reused).
+pub type PeerKey = (i32, Option<(u64, u64)>);
 
 /// Why an action may not run as asked, found when the session started.
 #[derive(Clone, Debug, Default)]
@@ -27,8 +31,8 @@ pub struct Limits {
     /// Why this VM cannot be dumped (its QEMU cannot write the configured
     /// format, a tcp: endpoint): its dumps fail with this, nothing else does.
     pub dump_unavailable: Option<String>,
-    /// The peer's pid (0 if unknown).
-    pub peer_pid: i32,
+    /// The peer (pid 0 if unknown).
+    pub peer: PeerKey,
     pub timed_out: TimedOut,
 }
 
@@ -39,10 +43,10 @@ impl Limits {
             return Some(why.clone());
         }
         let t = *self.timed_out.lock().unwrap_or_else(|e| e.into_inner());
-        (t.is_some() && t == Some(self.peer_pid)).then(|| {
+        (t.is_some() && t == Some(self.peer)).then(|| {
             format!(
-                "an earlier dump of this QEMU (pid {}) timed out and it may still be writing it: no new dump until QEMU restarts",
-                self.peer_pid
+                "an earlier dump of this QEMU (pid {}) failed after it got the file's descriptor, and it may still be writing it: no new dump until QEMU restarts",
+                self.peer.0
             )
         })
     }
@@ -70,50 +74,53 @@ impl Action {
         fields: serde_json::Value,
         human: String,
     ) {
-        self.env.log.emit(
-            Record::new(
-                Some(&self.ctx),
-                Body::Action {
-                    action,
-                    status,
-                    policy: self.policy.name(),
-                    event: self.event.clone(),
-                },
-            )
-            .with(fields)
-            .say(human),
-        );
+        let mut r = Record::new(
+            Some(&self.ctx),
+            Body::Action {
+                action,
+                status,
+                policy: self.policy.name(),
+                event: self.event.clone(),
+            },
+        )
+        .with(fields)
+        .say(human);
+        if self.abort.is_cancelled() {
+            // the endpoint was removed: its series are gone, and stay gone
+            r = r.uncounted();
+        }
+        self.env.log.emit(r);
     }
 
     /// The action of one policy. A failed dump leaves the VM as it is, as
     /// libvirt does, so that an operator can still inspect or dump it.
     pub async fn run(self) {
         if self.policy.dumps() {
+            let job = Job {
+                client: &self.client,
+                ctx: &self.ctx,
+                env: &self.env,
+                policy: self.policy.name(),
+                event: &self.event,
+                abort: &self.abort,
+                stop: &self.stop,
+                passed: false.into(),
+            };
             let r = match self.limits.no_dump() {
                 Some(why) => Err(DumpError::Unavailable(why)),
-                None => {
-                    Job {
-                        client: &self.client,
-                        ctx: &self.ctx,
-                        env: &self.env,
-                        policy: self.policy.name(),
-                        event: &self.event,
-                        abort: &self.abort,
-                        stop: &self.stop,
-                    }
-                    .run()
-                    .await
-                }
+                None => job.run().await,
             };
             if let Err(e) = r {
-                if matches!(e, DumpError::Timeout(_)) {
+                // QEMU got a descriptor and may keep it (a dup) and write on
+                // after vigil removed the file: that QEMU gets no new one
+                if job.passed.load(std::sync::atomic::Ordering::Relaxed) {
                     *self
                         .limits
                         .timed_out
                         .lock()
-                        .unwrap_or_else(|e| e.into_inner()) = Some(self.limits.peer_pid);
+                        .unwrap_or_else(|e| e.into_inner()) = Some(self.limits.peer);
                 }
-                let status = if matches!(e, DumpError::Timeout(_)) {
+                let status = if matches!(e, DumpError::Timeout(_) | DumpError::Stalled(_)) {
                     "timeout"
                 } else {
                     "failed"

@@ -53,10 +53,12 @@ impl Default for Config {
 
 impl Config {
     /// The dump timeout for a guest of `ram` bytes: the configured one, or
-    /// 120 s plus 1 s per 32 MiB (a dump slower than 32 MiB/s is stuck).
+    /// 120 s plus 1 s per 32 MiB (a dump slower than 32 MiB/s is stuck), at
+    /// most 4 hours (`ram` is what QEMU says: it must not buy a slot for a
+    /// day). A dump that stops progressing is abandoned sooner (`dump.rs`).
     pub fn dump_timeout_for(&self, ram: u64) -> Duration {
         self.dump_timeout
-            .unwrap_or_else(|| Duration::from_secs(120u64.saturating_add(ram >> 25)))
+            .unwrap_or_else(|| Duration::from_secs(120u64.saturating_add(ram >> 25).min(4 * 3600)))
     }
 }
 

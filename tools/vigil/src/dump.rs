@@ -258,6 +258,53 @@ pub async fn blocking<T: Send + 'static>(
     }
 }
 
+/// Chooses the dump's names and creates its partial file, off the async
+/// thread, for at most `timeout`. A creation that finishes after the caller
+/// gave up removes its own file.
+async fn create_file(
+    dir: PathBuf,
+    vm: String,
+    fmt: DumpFormat,
+    timeout: Duration,
+) -> io::Result<(DumpPaths, Reserved, fs::File)> {
+    #[derive(Default)]
+    struct Creating {
+        abandoned: bool,
+        created: Option<DumpPaths>,
+    }
+    let state = std::sync::Arc::new(std::sync::Mutex::new(Creating::default()));
+    let st = state.clone();
+    let job = tokio::task::spawn_blocking(move || {
+        let (paths, reserved) = choose_paths(&dir, &vm, now_secs(), fmt);
+        let file = create_partial(&paths)?;
+        let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
+        if s.abandoned {
+            let _ = discard(&paths);
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "abandoned"));
+        }
+        s.created = Some(paths.clone());
+        Ok((paths, reserved, file))
+    });
+    match tokio::time::timeout(timeout, job).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(io::Error::other(e.to_string())),
+        Err(_) => {
+            let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+            s.abandoned = true;
+            if let Some(p) = s.created.take() {
+                tokio::task::spawn_blocking(move || discard(&p));
+            }
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "creating the dump file took more than {} s",
+                    timeout.as_secs()
+                ),
+            ))
+        }
+    }
+}
+
 fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -278,6 +325,8 @@ pub struct Job<'a> {
     pub abort: &'a CancellationToken,
     /// Cancelled when vigil stops: a dump still waiting for a slot is not started.
     pub stop: &'a CancellationToken,
+    /// Set once QEMU holds a descriptor of the dump file.
+    pub passed: std::sync::atomic::AtomicBool,
 }
 
 impl Job<'_> {
@@ -374,22 +423,24 @@ impl Job<'_> {
             });
         }
 
-        let (paths, _reserved) = choose_paths(&dir, &self.ctx.vm, now_secs(), fmt);
-        let p2 = paths.clone();
-        let file = blocking("creating the dump file", cfg.fs_timeout, move || {
-            create_partial(&p2)
-        })
-        .await
-        .map_err(DumpError::Create)?;
+        let (paths, _reserved, file) = create_file(dir, self.ctx.vm.clone(), fmt, cfg.fs_timeout)
+            .await
+            .map_err(DumpError::Create)?;
         let result = self.dump_to(&file, &paths, ram, free).await;
         let result = match result {
             Ok(secs) => {
                 let p2 = paths.clone();
-                let r = blocking("finishing the dump file", cfg.fs_timeout, move || {
+                // no timeout: syncing a large dump takes as long as it takes
+                // (the slot stays held meanwhile)
+                let r = match tokio::task::spawn_blocking(move || {
                     let bytes = file.metadata()?.len();
                     finalize(&p2, &file).map(|f| (f, bytes))
                 })
                 .await
+                {
+                    Ok(r) => r,
+                    Err(e) => Err(io::Error::other(e.to_string())),
+                }
                 .map_err(DumpError::Finalize);
                 let r = r.map(|(f, bytes)| {
                     env.metrics.dump_bytes.inc_by(bytes);
@@ -444,6 +495,8 @@ impl Job<'_> {
             .pass_fd(FDNAME, file.as_fd())
             .await
             .map_err(DumpError::PassFd)?;
+        self.passed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let mut sub = client.subscribe();
         let args = json!({
             "paging": false,
@@ -498,6 +551,10 @@ async fn wait_dump(
     let mut tick = tokio::time::interval(env.cfg.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut idle = 0;
+    // a dump whose byte count stops moving is stuck (or a peer pretends):
+    // abandoned after this long without progress
+    let patience = (env.cfg.poll_interval * 20).max(Duration::from_secs(60));
+    let (mut last, mut moved) = (0u64, Instant::now());
     loop {
         tokio::select! {
             n = sub.recv() => match n {
@@ -521,7 +578,15 @@ async fn wait_dump(
             _ = tick.tick() => match client.query::<DumpQueryResult>("query-dump", None).await {
                 Ok(q) => {
                     match q.status.as_str() {
-                        "active" => { idle = 0; log.progress(ctx, q.completed, q.total) }
+                        "active" => {
+                            idle = 0;
+                            if q.completed > last {
+                                (last, moved) = (q.completed, Instant::now());
+                            } else if moved.elapsed() >= patience {
+                                return Err(DumpError::Stalled(patience));
+                            }
+                            log.progress(ctx, q.completed, q.total)
+                        }
                         "completed" => { log.progress(ctx, q.total, q.total); return Ok(()) }
                         "failed" => return Err(DumpError::QueryFailed),
                         _ => {

@@ -208,7 +208,29 @@ impl From<Refusal> for ConnectError {
 /// The most of `/proc/PID/cgroup` read; a longer file gives no cgroup.
 const CGROUP_FILE_MAX: usize = 16 << 10;
 
+/// Connects and checks off the async thread: every step is a file system
+/// or socket call a hostile QEMU user could make hang (a FUSE mount where
+/// its socket was, a listener that never accepts with a full backlog); the
+/// caller's timeout then gives up on it, and the watcher on the others.
 async fn connect_unix(path: &Path, expect: &Expect) -> Result<Connection, ConnectError> {
+    let (p, e) = (path.to_path_buf(), expect.clone());
+    let (stream, info) = tokio::task::spawn_blocking(move || connect_unix_blocking(&p, &e))
+        .await
+        .map_err(|e| ConnectError::Io(io::Error::other(e.to_string())))??;
+    stream.set_nonblocking(true)?;
+    let stream = tokio::net::UnixStream::from_std(stream)?;
+    let (r, w) = stream.into_split();
+    Ok(Connection {
+        read: Box::new(r),
+        write: Writer::Unix(w),
+        peer: Peer::Unix(info),
+    })
+}
+
+fn connect_unix_blocking(
+    path: &Path,
+    expect: &Expect,
+) -> Result<(std::os::unix::net::UnixStream, PeerInfo), ConnectError> {
     // The file itself, not what a link points at: O_PATH | O_NOFOLLOW opens
     // a symbolic link as the link.
     let pinned = open_nofollow(path)?;
@@ -227,10 +249,10 @@ async fn connect_unix(path: &Path, expect: &Expect) -> Result<Connection, Connec
     // Connect to that very inode, whatever the path names by now; without
     // /proc, by the path (the checks below still hold).
     let via = PathBuf::from(format!("/proc/self/fd/{}", pinned.as_raw_fd()));
-    let stream = match tokio::net::UnixStream::connect(&via).await {
+    let stream = match std::os::unix::net::UnixStream::connect(&via) {
         Ok(s) => s,
         Err(e) if e.kind() == io::ErrorKind::NotFound && !Path::new("/proc/self/fd").is_dir() => {
-            tokio::net::UnixStream::connect(path).await?
+            std::os::unix::net::UnixStream::connect(path)?
         }
         Err(e) => return Err(e.into()),
     };
@@ -276,12 +298,7 @@ async fn connect_unix(path: &Path, expect: &Expect) -> Result<Connection, Connec
             expect
         };
     peer::check(expect, &info)?;
-    let (r, w) = stream.into_split();
-    Ok(Connection {
-        read: Box::new(r),
-        write: Writer::Unix(w),
-        peer: Peer::Unix(info),
-    })
+    Ok((stream, info))
 }
 
 fn file_kind(mode: libc::mode_t) -> &'static str {
@@ -437,6 +454,10 @@ fn alive(pidfd: BorrowedFd<'_>) -> bool {
 /// The cgroup of `pid`, if it can be trusted: read (bounded) while the
 /// process of `pidfd` is alive, so the pid was not reused meanwhile.
 fn read_cgroup(pid: i32, pidfd: Option<BorrowedFd<'_>>) -> Option<String> {
+    // Without a pidfd there is no telling whether the pid still names the
+    // server (it may have exited and the pid been reused): no cgroup, so a
+    // pin never matches.
+    let pidfd = pidfd?;
     if pid <= 0 {
         return None;
     }
@@ -448,10 +469,8 @@ fn read_cgroup(pid: i32, pidfd: Option<BorrowedFd<'_>>) -> Option<String> {
     if text.len() > CGROUP_FILE_MAX {
         return None;
     }
-    if let Some(p) = pidfd {
-        if !alive(p) {
-            return None;
-        }
+    if !alive(pidfd) {
+        return None;
     }
     peer::parse_cgroup(&text)
 }

@@ -36,6 +36,8 @@ pub enum DumpError {
     PassFd(QmpError),
     #[error("the dump did not end within {} s (--dump-timeout); abandoned", .0.as_secs())]
     Timeout(std::time::Duration),
+    #[error("the dump made no progress for {} s (query-dump); abandoned", .0.as_secs())]
+    Stalled(std::time::Duration),
     #[error("the endpoint is no longer watched: the dump was abandoned")]
     Aborted,
     #[error("query-memory-size-summary: {0}")]

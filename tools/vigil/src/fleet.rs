@@ -140,6 +140,7 @@ pub fn desired(
 }
 
 struct Member {
+    endpoint: Endpoint,
     tx: watch::Sender<Target>,
     /// Cancelled when the endpoint is removed: its session, queued and
     /// running dumps are abandoned and its metrics go.
@@ -198,6 +199,12 @@ impl Fleet {
         for k in gone {
             if let Some(m) = self.members.remove(&k) {
                 m.abort.cancel();
+                // its series go now, before a new watcher of the same
+                // socket (a QEMU restarted) can have made its own
+                let t = m.tx.borrow();
+                let vm = watcher::vm_name(&m.endpoint, &t);
+                self.env.metrics.forget_endpoint(&k, &vm);
+                self.env.metrics.forget_vm(&vm);
             }
             ch.removed.push(k);
         }
@@ -224,7 +231,14 @@ impl Fleet {
                             let _ = fatal.send(WatchError::Task(e.to_string()));
                         }
                     });
-                    self.members.insert(k.clone(), Member { tx, abort });
+                    self.members.insert(
+                        k.clone(),
+                        Member {
+                            endpoint: ep.clone(),
+                            tx,
+                            abort,
+                        },
+                    );
                     ch.added.push(k.clone());
                 }
             }
@@ -309,7 +323,14 @@ fn scan_all(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigError> {
 /// off the async thread; a hung file system must not stop the watchers).
 const FS_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn scan_off_thread(dirs: Vec<PathBuf>) -> Result<Vec<PathBuf>, ConfigError> {
+/// The most sockets the watched directories may bring: QEMU's user can
+/// create sockets there, and each is a watcher and a descriptor.
+pub const MAX_DIR_SOCKETS: usize = 4096;
+
+async fn scan_off_thread(
+    dirs: Vec<PathBuf>,
+    log: &crate::log::Logger,
+) -> Result<Vec<PathBuf>, ConfigError> {
     let first = dirs.first().cloned().unwrap_or_default();
     match tokio::time::timeout(
         FS_TIMEOUT,
@@ -317,7 +338,20 @@ async fn scan_off_thread(dirs: Vec<PathBuf>) -> Result<Vec<PathBuf>, ConfigError
     )
     .await
     {
-        Ok(Ok(r)) => r,
+        Ok(Ok(Ok(mut v))) => {
+            if v.len() > MAX_DIR_SOCKETS {
+                log.warn(
+                    None,
+                    format!(
+                        "the watched directories hold {} sockets: only the first {MAX_DIR_SOCKETS} (by name) are watched",
+                        v.len()
+                    ),
+                );
+                v.truncate(MAX_DIR_SOCKETS);
+            }
+            Ok(v)
+        }
+        Ok(Ok(Err(e))) => Err(e),
         Ok(Err(e)) => Err(ConfigError::WatchDir {
             dir: first,
             source: std::io::Error::other(e.to_string()),
@@ -362,7 +396,7 @@ pub async fn run(plan: Plan) -> u8 {
             return 1;
         }
     };
-    let initial = match scan_off_thread(dirs.clone()).await {
+    let initial = match scan_off_thread(dirs.clone(), &log).await {
         Ok(s) => desired(&sources, file.as_ref(), &s),
         Err(e) => Err(e),
     };
@@ -403,7 +437,7 @@ pub async fn run(plan: Plan) -> u8 {
             _ = sigint.recv() => { stop("SIGINT", &mut signals); stopping = true; }
             _ = sigterm.recv() => { stop("SIGTERM", &mut signals); stopping = true; }
             _ = sighup.recv(), if !stopping => {
-                match reload(&sources, &dirs).await {
+                match reload(&sources, &dirs, &log).await {
                     Ok((new_file, d, new_dirs)) => {
                         file = new_file;
                         if let Some(nd) = new_dirs {
@@ -472,7 +506,7 @@ async fn rescan_dirs(
     fleet: &mut Fleet,
     log: &crate::log::Logger,
 ) {
-    let found = scan_off_thread(dirs.to_vec()).await;
+    let found = scan_off_thread(dirs.to_vec(), log).await;
     match found.and_then(|s| desired(sources, file, &s)) {
         Ok(d) => {
             let ch = fleet.apply(&d);
@@ -498,6 +532,7 @@ async fn rescan_dirs(
 async fn reload(
     sources: &Sources,
     dirs: &[PathBuf],
+    log: &crate::log::Logger,
 ) -> Result<(Option<FleetConfig>, Desired, Option<Vec<PathBuf>>), ConfigError> {
     let new = match sources.config.clone() {
         Some(p) => {
@@ -529,7 +564,7 @@ async fn reload(
         None => None,
     };
     let new_dirs = watch_dirs(sources, new.as_ref());
-    let sockets = scan_off_thread(new_dirs.clone()).await?;
+    let sockets = scan_off_thread(new_dirs.clone(), log).await?;
     let d = desired(sources, new.as_ref(), &sockets)?;
     let changed = (new_dirs.as_slice() != dirs).then_some(new_dirs);
     Ok((new, d, changed))

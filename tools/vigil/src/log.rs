@@ -217,7 +217,9 @@ impl Logger {
     /// Reports one record: metrics, JSON sinks, human line, hook. Never
     /// blocks: a full sink or hook queue drops (and counts) it.
     pub fn emit(&self, rec: Record) {
-        count(&self.metrics, &rec);
+        if rec.counted {
+            count(&self.metrics, &rec);
+        }
         let vm = rec.vm().map(str::to_string);
         if !self.json.is_empty() {
             let mut line = rec.to_json().to_string().into_bytes();

@@ -168,6 +168,9 @@ pub struct Record {
     pub extra: Map<String, Value>,
     /// The human line (without the `vigil: VM: ` prefix), if any.
     pub human: Option<String>,
+    /// Whether the metrics count it (not for a removed endpoint, whose
+    /// series are gone).
+    pub counted: bool,
 }
 
 impl Record {
@@ -178,7 +181,14 @@ impl Record {
             body,
             extra: Map::new(),
             human: None,
+            counted: true,
         }
+    }
+
+    /// Not counted in the metrics.
+    pub fn uncounted(mut self) -> Record {
+        self.counted = false;
+        self
     }
 
     /// Adds JSON fields from an object (anything else goes under `data`).

@@ -71,7 +71,10 @@ async fn limits(
     timed_out: &TimedOut,
 ) -> Result<Limits, QmpError> {
     let mut l = Limits {
-        peer_pid: client.peer().info().map_or(0, |i| i.pid),
+        peer: client
+            .peer()
+            .info()
+            .map_or((0, None), |i| (i.pid, i.socket_ino)),
         timed_out: timed_out.clone(),
         ..Limits::default()
     };
@@ -194,6 +197,10 @@ pub async fn session(
         }
     }
 
+    // Who the peer must be may change on a reload (a peer-user or
+    // peer-cgroup added): then the peer is checked again, by reconnecting.
+    let mut targets = target.clone();
+    let expected = targets.borrow_and_update().expect.clone();
     let end = loop {
         tokio::select! {
             // the queue first: what QEMU sent before a stop is still handled
@@ -204,10 +211,20 @@ pub async fn session(
             },
             _ = stops.stop.cancelled() => break SessionEnd::Stopped,
             _ = stops.abort.cancelled() => break SessionEnd::Stopped,
+            Ok(()) = targets.changed() => {
+                if targets.borrow_and_update().expect != expected {
+                    log.warn(Some(ctx), "who the peer must be changed (a reload): checking it again (reconnecting)".into());
+                    break SessionEnd::Disconnected;
+                }
+            }
         }
     };
     s.finish_running(matches!(end, SessionEnd::Stopped)).await;
-    env.metrics.set_connected(&ctx.endpoint, &ctx.vm, false);
+    // a removed endpoint's series went with it (fleet.rs); a new watcher of
+    // the same endpoint may own them by now
+    if !stops.abort.is_cancelled() {
+        env.metrics.set_connected(&ctx.endpoint, &ctx.vm, false);
+    }
     end
 }
 

@@ -38,11 +38,8 @@ pub async fn watch(ep: Endpoint, env: Env, target: watch::Receiver<Target>, stop
         vm: vm_name(&ep, &target.borrow()),
     };
     watch_loop(&ep, &env, &target, &stops, &mut ctx).await;
-    // no longer watched: its series go
-    env.metrics.forget_endpoint(&ctx.endpoint, &ctx.vm);
-    if stops.abort.is_cancelled() {
-        env.metrics.forget_vm(&ctx.vm);
-    }
+    // a removed endpoint's series are forgotten by the fleet when it goes
+    // (not here: this may end after a new watcher of the same socket began)
 }
 
 async fn watch_loop(
@@ -648,7 +645,9 @@ mod tests {
             has(r, |x| {
                 x["vm"] == "stuck"
                     && x["status"] == "failed"
-                    && x["error"].as_str().is_some_and(|e| e.contains("timed out"))
+                    && x["error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("may still be writing"))
             })
         })
         .await;
@@ -680,10 +679,7 @@ mod tests {
             "{}",
             json.text()
         );
-        assert!(
-            !env.metrics.text().contains(r#"vm="stuck""#),
-            "its series go"
-        );
+        // (its series go with the fleet's removal: fleet.rs)
         hg.stop().await.unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
