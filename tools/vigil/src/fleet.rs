@@ -620,6 +620,38 @@ mod tests {
         ));
     }
 
+    #[tokio::test]
+    async fn a_removed_endpoints_series_go_at_once() {
+        let d = crate::testutil::tempdir("forget");
+        let log = std::sync::Arc::new(crate::log::Logger::new(
+            vec![],
+            None,
+            false,
+            std::sync::Arc::new(crate::metrics::Metrics::new()),
+        ));
+        let env = Env::new(crate::context::Config::default(), log, 0);
+        let (mut fleet, _fatal) = Fleet::new(env.clone(), CancellationToken::new());
+        let s = Sources {
+            have_dump_dir: true,
+            ..Sources::default()
+        };
+        let sock = d.join("web9.qmp");
+        fleet.apply(&desired(&s, None, &[sock.clone()]).unwrap());
+        let ep = format!("unix:{}", sock.display());
+        env.metrics.set_connected(&ep, "web9", true);
+        env.metrics.init_vm("web9");
+        assert!(env.metrics.text().contains("web9"));
+        let ch = fleet.apply(&desired(&s, None, &[]).unwrap());
+        assert_eq!(ch.removed, [ep]);
+        assert!(
+            !env.metrics.text().contains("web9"),
+            "{}",
+            env.metrics.text()
+        );
+        fleet.stop().await;
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
     #[test]
     fn scans_sockets_only() {
         let d = crate::testutil::tempdir("scan");
