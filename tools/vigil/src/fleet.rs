@@ -636,7 +636,7 @@ mod tests {
             ..Sources::default()
         };
         let sock = d.join("web9.qmp");
-        fleet.apply(&desired(&s, None, &[sock.clone()]).unwrap());
+        fleet.apply(&desired(&s, None, std::slice::from_ref(&sock)).unwrap());
         let ep = format!("unix:{}", sock.display());
         env.metrics.set_connected(&ep, "web9", true);
         env.metrics.init_vm("web9");
