@@ -38,7 +38,9 @@ clippy_ours() {
 rustfmt_ours() {
     local toolchain=() t0
     t0=$(now)
-    if rustfmt +nightly --version >/dev/null 2>&1; then
+    # a rustup toolchain; Debian's rustfmt takes "+nightly" for a file name
+    # (and answers --version whatever comes before it)
+    if rustfmt +nightly --version 2>/dev/null | grep -q nightly; then
         toolchain=(+nightly)
     else
         echo "no nightly rustfmt: QEMU's unstable rustfmt options are not checked"
