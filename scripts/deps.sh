@@ -48,6 +48,8 @@ TOOLS=(
     dtc:device-tree-compiler                          # cli-tests, demo
     nm:binutils readelf:binutils                      # cli/norust tests; vigil, libvirt tests, demo
     iasl:acpica-tools                                 # bios-tables-test (disassembles on a mismatch)
+    bzip2:bzip2                                       # QEMU's meson: without it the edk2 blobs are not
+                                                      # unpacked and bios-tables-test is not built
     qemu-img:qemu-utils                               # the stall detector's -loadvm qtest
     sphinx-build:python3-sphinx                       # docs-tests
     curl:curl                                         # fleet, prometheus-guest
