@@ -3,7 +3,7 @@
 //! hook.
 //!
 //! Nothing here blocks the async runtime: each sink has its own writer
-//! thread fed through a bounded queue ([`SINK_QUEUE`] lines). A sink that
+//! thread fed through a bounded queue ([`SINK_QUEUE`] lines, [`SINK_BYTES`]). A sink that
 //! blocks (a `--log-json` pipe nobody reads, a hung file system) fills its
 //! queue; further lines for it are dropped and counted
 //! (`vigil_records_dropped_total{sink="log"}`), and the writer says how many
