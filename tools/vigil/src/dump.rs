@@ -519,9 +519,7 @@ impl Job<'_> {
         let t0 = Instant::now();
         if let Err(e) = client.execute("dump-guest-memory", Some(args)).await {
             // QEMU keeps a passed descriptor until a command takes it
-            let _ = client
-                .execute("closefd", Some(json!({"fdname": FDNAME})))
-                .await;
+            let _ = client.close_fd(FDNAME).await;
             return Err(DumpError::Start(e));
         }
         let result = tokio::select! {

@@ -249,21 +249,6 @@ impl Logger {
         }
     }
 
-    /// Shorthand: a record of `body` with JSON `fields` and a human line.
-    pub fn record(
-        &self,
-        ctx: Option<&Ctx>,
-        body: Body,
-        fields: serde_json::Value,
-        human: Option<&str>,
-    ) {
-        let mut r = Record::new(ctx, body).with(fields);
-        if let Some(h) = human {
-            r = r.say(h);
-        }
-        self.emit(r);
-    }
-
     /// Waits (up to `timeout`) until every sink wrote what it was given.
     pub fn flush(&self, timeout: Duration) {
         let deadline = std::time::Instant::now() + timeout;
@@ -378,22 +363,22 @@ mod tests {
     fn json_lines_and_human_lines() {
         let (json_out, human) = (SharedBuf::default(), SharedBuf::default());
         let log = logger(&json_out, &human, false);
-        log.record(
-            Some(&ctx()),
-            Body::Warning("w".into()),
-            json!({"data": {"action": "pause"}}),
-            Some("GUEST_PANICKED (action pause): coredump-restart"),
+        log.emit(
+            Record::new(Some(&ctx()), Body::Warning("w".into()))
+                .with(json!({"data": {"action": "pause"}}))
+                .say("GUEST_PANICKED (action pause): coredump-restart"),
         );
-        log.record(
-            Some(&ctx()),
-            Body::Action {
-                action: "dump",
-                status: "started",
-                policy: "coredump-restart",
-                event: "GUEST_PANICKED".into(),
-            },
-            json!({"note": "a \"quoted\"\nline"}),
-            None,
+        log.emit(
+            Record::new(
+                Some(&ctx()),
+                Body::Action {
+                    action: "dump",
+                    status: "started",
+                    policy: "coredump-restart",
+                    event: "GUEST_PANICKED".into(),
+                },
+            )
+            .with(json!({"note": "a \"quoted\"\nline"})),
         );
         log.flush(Duration::from_secs(5));
         let recs = json_out.records();
@@ -431,12 +416,7 @@ mod tests {
         let human = SharedBuf::default();
         let log = logger(&SharedBuf::default(), &human, true);
         log.progress(&ctx(), 50 << 20, 100 << 20);
-        log.record(
-            Some(&ctx()),
-            Body::Warning("x".into()),
-            json!({}),
-            Some("done"),
-        );
+        log.emit(Record::new(Some(&ctx()), Body::Warning("x".into())).say("done"));
         log.flush(Duration::from_secs(5));
         let t = human.text();
         assert!(
